@@ -1,0 +1,52 @@
+"""The one place that owns the alpha-dropout arithmetic.
+
+Everything else in the package asks :func:`alpha_dropout_coefficients` for the affine map;
+no other module spells out the SELU constants or the formulas for ``a`` and ``b``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+# Full-precision SELU constants (Klambauer et al. 2017). MLX's own ``nn.selu`` rounds them to
+# eight digits, which is why they are not imported from there.
+SELU_LAMBDA = 1.0507009873554804934193349852946
+SELU_ALPHA = 1.6732632423543772848170429916717
+#: The SELU saturation value ``alpha' = -lambda * alpha`` that dropped units are set to.
+SELU_SATURATION = -SELU_LAMBDA * SELU_ALPHA
+
+
+class AlphaDropoutCoefficients(NamedTuple):
+    """The affine map of alpha dropout, in double precision.
+
+    A kept unit becomes ``scale * x + shift``; a dropped unit becomes ``dropped``,
+    which equals ``scale * alpha' + shift``.
+    """
+
+    scale: float
+    shift: float
+    dropped: float
+
+
+def alpha_dropout_coefficients(p: float) -> AlphaDropoutCoefficients:
+    r"""Return ``(a, b, a * alpha' + b)`` for drop probability ``p`` in ``[0, 1)``.
+
+    .. math::
+
+        q = 1 - p, \quad
+        a = \bigl(q\,(1 + p\,\alpha'^2)\bigr)^{-1/2}, \quad
+        b = -a\,\alpha'\,p
+
+    so that zero-mean, unit-variance input keeps mean 0 and variance 1 after dropout.
+    ``p == 1`` has no finite coefficients (the output is its limit, zero) and is handled by
+    the callers; asking for it here raises ``ValueError``.
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"alpha_dropout_coefficients: 'p' must be in [0, 1) but got {p!r}.")
+    keep_prob = 1.0 - p
+    scale = 1.0 / math.sqrt(keep_prob * (1.0 + p * SELU_SATURATION**2))
+    shift = -scale * SELU_SATURATION * p
+    # a * alpha' + b simplifies to a * alpha' * q; the simplified form loses no precision.
+    dropped = scale * SELU_SATURATION * keep_prob
+    return AlphaDropoutCoefficients(scale, shift, dropped)

@@ -1,0 +1,93 @@
+"""Argument checks shared by every entry point.
+
+Each check runs once per call of a public function or constructor, and every message has the
+same shape: ``[where] 'argument' must be <what is allowed> but got <what was received>.``
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import mlx.core as mx
+
+
+def _describe(value: object) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def check_probability(p: object, where: str) -> float:
+    """Return ``p`` as a float after checking it is a real number in ``[0, 1]``."""
+    # bool is a numbers.Real subclass; dropout(x, True) is a bug, not a probability.
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"[{where}] 'p' must be a real number in [0, 1] but got {_describe(p)}.")
+    value = float(p)
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"[{where}] 'p' must be in [0, 1] but got {value!r}.")
+    return value
+
+
+def check_bool(value: object, name: str, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"[{where}] '{name}' must be a bool but got {_describe(value)}.")
+    return value
+
+
+def check_optional_bool(value: object, name: str, where: str) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(
+            f"[{where}] '{name}' must be None, True or False but got {_describe(value)}."
+        )
+    return value
+
+
+def check_input(x: object, where: str, *, min_ndim: int) -> mx.array:
+    """Check that ``x`` is a floating-point ``mx.array`` with at least ``min_ndim`` axes."""
+    if not isinstance(x, mx.array):
+        raise TypeError(f"[{where}] 'x' must be an mlx.core.array but got {type(x).__name__}.")
+    if not mx.issubdtype(x.dtype, mx.floating):
+        raise TypeError(
+            f"[{where}] 'x' must have a floating-point dtype (float16, bfloat16, float32"
+            f" or float64) but got {x.dtype}."
+        )
+    if x.ndim < min_ndim:
+        raise ValueError(
+            f"[{where}] 'x' must have at least {min_ndim} dimensions (batch first) but got"
+            f" shape {tuple(x.shape)} with {x.ndim}."
+        )
+    return x
+
+
+def check_channel_axis(channel_axis: object, where: str) -> int:
+    """Check the type of ``channel_axis`` (its range depends on the input; see below)."""
+    if isinstance(channel_axis, bool) or not isinstance(channel_axis, int):
+        raise TypeError(
+            f"[{where}] 'channel_axis' must be an int but got {_describe(channel_axis)}."
+        )
+    return channel_axis
+
+
+def resolve_channel_axis(channel_axis: object, ndim: int, where: str) -> int:
+    """Return ``channel_axis`` as a non-negative axis of an ``ndim``-dimensional input."""
+    axis = check_channel_axis(channel_axis, where)
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"[{where}] 'channel_axis' must be in [{-ndim}, {ndim - 1}] for an input with"
+            f" {ndim} dimensions but got {axis}."
+        )
+    resolved = axis % ndim
+    if resolved == 0:
+        raise ValueError(
+            f"[{where}] 'channel_axis' must not be the batch axis 0 but got {axis}, which"
+            f" resolves to axis 0 for an input with {ndim} dimensions."
+        )
+    return resolved
+
+
+def check_key(key: object, where: str) -> mx.array | None:
+    if key is not None and not isinstance(key, mx.array):
+        raise TypeError(
+            f"[{where}] 'key' must be None or a PRNG key from mlx.core.random.key but got"
+            f" {type(key).__name__}."
+        )
+    return key

@@ -1,0 +1,97 @@
+"""Module wrappers: each ``__call__`` is one call of the functional form."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from lucid_mlx._validation import check_bool, check_channel_axis, check_probability
+from lucid_mlx.functional import alpha_dropout, feature_alpha_dropout
+
+__all__ = ["AlphaDropout", "FeatureAlphaDropout"]
+
+
+class _AlphaDropoutBase(nn.Module):
+    """Configuration and repr shared by the two layers; subclasses define ``__call__``."""
+
+    def __init__(self, p: float, inplace: bool) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        where = type(self).__name__
+        # Plain Python attributes: MLX registers only arrays, lists and dicts as parameters.
+        self.p = check_probability(p, where)
+        self.inplace = check_bool(inplace, "inplace", where)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}"
+
+    def _extra_repr(self) -> str:
+        return self.extra_repr()
+
+
+class FeatureAlphaDropout(_AlphaDropoutBase):
+    r"""Channel-wise alpha dropout for self-normalizing (SELU) networks.
+
+    In training mode each (sample, channel) feature map is wholly kept or set to the SELU
+    saturation value :math:`\alpha' = -\lambda\alpha`, then mapped by :math:`a y + b` so that
+    zero-mean, unit-variance input keeps mean 0 and variance 1 (Klambauer et al. 2017,
+    https://arxiv.org/abs/1706.02515). In eval mode (``layer.eval()``) it returns its input.
+
+    See :func:`lucid_mlx.feature_alpha_dropout` for the functional equivalent and the math.
+
+    Args:
+        p (float): Probability of dropping a channel, in ``[0, 1]``. Default: ``0.5``.
+        inplace (bool): Accepted for parity with PyTorch; MLX arrays are immutable, so the
+            result is a new array either way (MLX reuses the input's buffer by itself when
+            nothing else holds the input). Default: ``False``.
+        channel_axis (int): The channel axis, never the batch axis ``0``. ``-1`` for MLX's
+            channels-last layouts, ``1`` for PyTorch-style ``(N, C, *)``. Default: ``-1``.
+
+    Shape:
+        - Input: :math:`(N, *, C, *)`, at least 2 dimensions, batch first.
+        - Output: the same shape as the input.
+    """
+
+    def __init__(self, p: float = 0.5, inplace: bool = False, *, channel_axis: int = -1) -> None:
+        super().__init__(p, inplace)
+        self.channel_axis = check_channel_axis(channel_axis, type(self).__name__)
+
+    def __call__(self, x: mx.array, key: mx.array | None = None) -> mx.array:
+        return feature_alpha_dropout(
+            x, self.p, training=self.training, key=key, channel_axis=self.channel_axis
+        )
+
+    #: Same as calling the layer; the name PyTorch code uses.
+    forward = __call__
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, channel_axis={self.channel_axis}"
+
+
+class AlphaDropout(_AlphaDropoutBase):
+    r"""Element-wise alpha dropout for self-normalizing (SELU) networks.
+
+    Each element is kept or set to :math:`\alpha' = -\lambda\alpha` independently, then
+    mapped by :math:`a y + b` to keep mean 0 and variance 1 (Klambauer et al. 2017,
+    https://arxiv.org/abs/1706.02515). In eval mode it returns its input. MLX itself has no
+    alpha dropout.
+
+    See :func:`lucid_mlx.alpha_dropout` for the functional equivalent.
+
+    Args:
+        p (float): Probability of dropping an element, in ``[0, 1]``. Default: ``0.5``.
+        inplace (bool): Accepted for parity with PyTorch; see :class:`FeatureAlphaDropout`.
+            Default: ``False``.
+
+    Shape:
+        - Input: any shape.
+        - Output: the same shape as the input.
+    """
+
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
+        super().__init__(p, inplace)
+
+    def __call__(self, x: mx.array, key: mx.array | None = None) -> mx.array:
+        return alpha_dropout(x, self.p, training=self.training, key=key)
+
+    #: Same as calling the layer; the name PyTorch code uses.
+    forward = __call__
