@@ -1,0 +1,184 @@
+"""feature_alpha_dropout: exact mask recovery, special cases, randomness, gradient."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from lucid_mlx import feature_alpha_dropout
+from tests.reference import (
+    FLOAT_DTYPES,
+    coefficients,
+    feature_mask_axes,
+    normal_input,
+    recover_keep,
+    to_numpy,
+)
+
+# (shape, channel_axis): every layout the issue names, channels-last and PyTorch-style.
+LAYOUTS = [
+    ((64, 32), -1),  # (N, C): one element per slice, i.e. element-wise
+    ((8, 17, 12), -1),  # (N, L, C)
+    ((4, 9, 7, 16), -1),  # (N, H, W, C)
+    ((3, 4, 5, 6, 8), -1),  # (N, D, H, W, C)
+    ((4, 16, 9, 7), 1),  # (N, C, H, W), the seed's layout
+    ((3, 8, 4, 5, 6), 1),  # (N, C, D, H, W)
+    ((4, 9, 16, 7), 2),  # channels in the middle
+    ((4, 9, 16, 7), -2),  # the same axis, negative
+]
+
+
+@pytest.mark.parametrize(("shape", "channel_axis"), LAYOUTS)
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_every_element_is_kept_affine_or_dropped_value(shape, channel_axis, p):
+    x = normal_input(shape, seed=1)
+    y = feature_alpha_dropout(x, p, key=mx.random.key(3), channel_axis=channel_axis)
+    keep = recover_keep(x, y, p, feature_mask_axes(x.ndim, channel_axis))
+    expected_shape = [1] * x.ndim
+    expected_shape[0] = shape[0]
+    expected_shape[channel_axis] = shape[channel_axis]
+    assert list(keep.shape) == expected_shape
+
+
+@pytest.mark.parametrize("dtype", [*FLOAT_DTYPES, mx.float64])
+def test_dtype_is_kept_and_values_exact_to_dtype_rounding(dtype):
+    x = normal_input((8, 6, 5, 32), dtype=dtype, seed=2)
+    y = feature_alpha_dropout(x, 0.3, key=mx.random.key(0))
+    assert y.dtype == dtype
+    recover_keep(x, y, 0.3, (0, 3))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("p", [1e-12, 1e-3, 0.5, 0.999, 1 - 1e-9, 1 - 2**-52, 1.0])
+def test_no_nan_or_inf_for_any_p(dtype, p):
+    x = normal_input((16, 4, 4, 64), dtype=dtype, seed=3)
+    y = to_numpy(feature_alpha_dropout(x, p, key=mx.random.key(1)))
+    assert np.isfinite(y).all()
+
+
+def test_eval_mode_and_p_zero_return_the_input_itself():
+    x = normal_input((4, 3, 3, 8))
+    assert feature_alpha_dropout(x, 0.5, training=False) is x
+    assert feature_alpha_dropout(x, 0.0) is x
+    assert feature_alpha_dropout(x, 0) is x
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_p_one_gives_zeros_of_same_shape_and_dtype(dtype):
+    x = normal_input((4, 3, 3, 8), dtype=dtype)
+    y = feature_alpha_dropout(x, 1.0)
+    assert y.shape == x.shape
+    assert y.dtype == dtype
+    assert not to_numpy(y).any()
+
+
+def test_dropped_value_tends_to_zero_as_p_tends_to_one():
+    # p == 1 returns the limit of the map, so the output is continuous in p.
+    for p in (0.99, 0.9999, 0.999999):
+        assert abs(coefficients(p)[2]) < 2 * (1 - p) ** 0.5
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (4, 0), (0, 3, 3, 8), (2, 3, 0, 8)])
+def test_empty_input_is_returned_as_is(shape):
+    x = mx.zeros(shape)
+    assert feature_alpha_dropout(x, 0.5) is x
+
+
+def test_same_key_same_mask_and_global_state_untouched():
+    x = normal_input((8, 4, 4, 16))
+    state_before = np.array(mx.random.state[0])
+    y1 = feature_alpha_dropout(x, 0.5, key=mx.random.key(7))
+    y2 = feature_alpha_dropout(x, 0.5, key=mx.random.key(7))
+    y3 = feature_alpha_dropout(x, 0.5, key=mx.random.key(8))
+    mx.eval(y1, y2, y3)
+    assert np.array_equal(np.array(mx.random.state[0]), state_before)
+    assert mx.array_equal(y1, y2)
+    assert not mx.array_equal(y1, y3)
+
+
+def test_keyed_mask_depends_only_on_key_shape_and_p():
+    x1 = normal_input((8, 4, 4, 16), seed=1)
+    x2 = normal_input((8, 4, 4, 16), seed=2)
+    key = mx.random.key(11)
+    keep1 = recover_keep(x1, feature_alpha_dropout(x1, 0.4, key=key), 0.4, (0, 3))
+    mx.random.seed(99)  # the global generator must not matter when a key is given
+    keep2 = recover_keep(x2, feature_alpha_dropout(x2, 0.4, key=key), 0.4, (0, 3))
+    assert np.array_equal(keep1, keep2)
+
+
+def test_global_generator_is_reproducible_after_seed_and_advances():
+    x = normal_input((8, 4, 4, 16))
+    mx.random.seed(5)
+    first = feature_alpha_dropout(x, 0.5)
+    second = feature_alpha_dropout(x, 0.5)
+    mx.random.seed(5)
+    again = feature_alpha_dropout(x, 0.5)
+    assert mx.array_equal(first, again)
+    assert not mx.array_equal(first, second)
+
+
+def test_compiled_step_with_random_state_draws_a_fresh_mask_each_call():
+    x = normal_input((16, 2, 2, 32))
+    state = [mx.random.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(x):
+        return feature_alpha_dropout(x, 0.5)
+
+    masks = [recover_keep(x, step(x), 0.5, (0, 3)) for _ in range(3)]
+    # 512 independent draws per call: equal masks would mean the state was frozen.
+    assert not np.array_equal(masks[0], masks[1])
+    assert not np.array_equal(masks[1], masks[2])
+
+
+def test_compiled_step_without_random_state_repeats_the_mask():
+    # Pins the MLX behaviour the README warns about: capture mx.random.state in compile.
+    x = normal_input((16, 2, 2, 32))
+    step = mx.compile(lambda x: feature_alpha_dropout(x, 0.5))
+    assert mx.array_equal(step(x), step(x))
+
+
+@pytest.mark.parametrize(("shape", "channel_axis"), [((6, 5, 4, 16), -1), ((6, 16, 5, 4), 1)])
+def test_gradient_is_a_times_keep_exactly(shape, channel_axis):
+    x = normal_input(shape, seed=4)
+    cotangent = normal_input(shape, seed=5)
+    key = mx.random.key(2)
+    p = 0.4
+
+    def f(x):
+        return feature_alpha_dropout(x, p, key=key, channel_axis=channel_axis)
+
+    (y,), (dx,) = mx.vjp(f, [x], [cotangent])
+    keep = recover_keep(x, y, p, feature_mask_axes(x.ndim, channel_axis))
+    a32 = np.float32(coefficients(p)[0])
+    expected = np.where(keep, np.array(cotangent) * a32, np.float32(0))
+    assert dx.dtype == mx.float32
+    np.testing.assert_array_equal(np.array(dx), expected)
+
+    grad = mx.grad(lambda x: f(x).sum())(x)
+    np.testing.assert_array_equal(np.array(grad), np.broadcast_to(np.where(keep, a32, 0), shape))
+
+
+def test_gradient_inside_compile():
+    x = normal_input((6, 3, 3, 16))
+    key = mx.random.key(4)
+    loss = mx.compile(mx.grad(lambda x: feature_alpha_dropout(x, 0.5, key=key).sum()))
+    eager = mx.grad(lambda x: feature_alpha_dropout(x, 0.5, key=key).sum())
+    assert mx.array_equal(loss(x), eager(x))
+
+
+def test_matches_pytorch_on_its_own_masks():
+    # PyTorch draws its own masks, so compare values: every element of torch's output must be
+    # our a*x+b or our dropped value, channel by channel (checks a, b against torch's constants
+    # to float32 rounding).
+    torch = pytest.importorskip("torch", reason="torch is the optional reference")
+    x = normal_input((16, 32, 5, 5), seed=6)
+    torch.manual_seed(0)
+    y = torch.nn.functional.feature_alpha_dropout(
+        torch.from_numpy(np.array(x)), p=0.3, training=True
+    )
+    keep = recover_keep(x, mx.array(y.numpy()), 0.3, (0, 1), exact_dropped=False)
+    assert 0 < keep.sum() < keep.size
