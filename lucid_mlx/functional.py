@@ -135,24 +135,35 @@ def _masked_affine(x: mx.array, keep: mx.array, p: float) -> mx.array:
     compute = _compute_dtype(x.dtype)
     scale, shift, dropped = (mx.array(value, compute) for value in coefficients)
     if keep.size == x.size:
-        return _blend_affine(x, keep, scale, shift, dropped)
-    # Channel-wise: derive per-(sample, channel) scale and shift on the small mask, so the
-    # pass over x is a single broadcast multiply-add with no per-element select.
-    return _broadcast_affine(x, mx.where(keep, scale, 0.0), mx.where(keep, shift, dropped))
+        # Element-wise: one fused pass reads x and the mask together.
+        return _fused_masked_affine(x, keep, scale, shift, dropped)
+    # Channel-wise: per-(sample, channel) scale and shift come from the small mask in their
+    # own small kernel, so the pass over x is a single broadcast multiply-add.
+    return _affine(x, *_small_unit_affine(keep, scale, shift, dropped))
 
 
-@mx.compile
-def _broadcast_affine(x: mx.array, scale: mx.array, shift: mx.array) -> mx.array:
+def _unit_affine(
+    keep: mx.array, scale: mx.array, shift: mx.array, dropped: mx.array
+) -> tuple[mx.array, mx.array]:
+    """Per-unit ``(scale, shift)``: ``(a, b)`` where kept, ``(0, a * alpha' + b)`` where dropped."""
+    # Arithmetic instead of mx.where: MLX's CPU select is many times slower than a
+    # multiply-add, and with keep in {0, 1} both forms give the same values exactly.
+    kept = keep.astype(scale.dtype)
+    return kept * scale, kept * shift + (1.0 - kept) * dropped
+
+
+def _affine_body(x: mx.array, scale: mx.array, shift: mx.array) -> mx.array:
     return (x.astype(scale.dtype) * scale + shift).astype(x.dtype)
 
 
+# Separately compiled, so that a caller's mx.compile keeps the small mask arithmetic out of
+# the big pass over x.
+_small_unit_affine = mx.compile(_unit_affine)
+_affine = mx.compile(_affine_body)
+
+
 @mx.compile
-def _blend_affine(
+def _fused_masked_affine(
     x: mx.array, keep: mx.array, scale: mx.array, shift: mx.array, dropped: mx.array
 ) -> mx.array:
-    # Arithmetic instead of mx.where: MLX's CPU select is many times slower than a
-    # multiply-add, and with keep in {0, 1} both forms are exact.
-    kept = keep.astype(scale.dtype)
-    unit_scale = kept * scale
-    unit_shift = kept * shift + (1.0 - kept) * dropped
-    return (x.astype(scale.dtype) * unit_scale + unit_shift).astype(x.dtype)
+    return _affine_body(x, *_unit_affine(keep, scale, shift, dropped))
