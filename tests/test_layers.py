@@ -13,8 +13,8 @@ from tests.reference import normal_input
 
 def test_public_names():
     assert sorted(lucid_mlx.__all__) == sorted(
-        ["AlphaDropout", "FeatureAlphaDropout", "__version__", "alpha_dropout",
-         "feature_alpha_dropout"]
+        ["AlphaDropout", "FeatureAlphaDropout", "LayerStatistics", "__version__",
+         "alpha_dropout", "feature_alpha_dropout", "init", "layer_statistics"]
     )  # fmt: skip
     for name in lucid_mlx.__all__:
         assert hasattr(lucid_mlx, name)
