@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from lucid_mlx import _kernels
 from lucid_mlx._math import alpha_dropout_coefficients
 from lucid_mlx._validation import (
     check_bool,
     check_input,
     check_key,
+    check_optional_bool,
     check_probability,
     resolve_channel_axis,
 )
@@ -26,6 +28,7 @@ def feature_alpha_dropout(
     training: bool = True,
     key: mx.array | None = None,
     channel_axis: int = -1,
+    use_kernel: bool | None = None,
 ) -> mx.array:
     r"""Channel-wise alpha dropout for self-normalizing (SELU) networks.
 
@@ -55,6 +58,10 @@ def feature_alpha_dropout(
         channel_axis (int): The channel axis, never ``0``. ``-1`` suits MLX's channels-last
             layouts ``(N, C)``, ``(N, L, C)``, ``(N, H, W, C)``, ``(N, D, H, W, C)``; use
             ``1`` for PyTorch-style ``(N, C, *)``. Default: ``-1``.
+        use_kernel (bool, optional): ``None`` picks the fused GPU kernel where it is
+            available and measured faster, else the compiled ops path; ``True`` requires the
+            kernel (``RuntimeError`` where it cannot run); ``False`` always takes the ops
+            path. Same mask and same values either way. Default: ``None``.
 
     Returns:
         mlx.core.array: An array of ``x``'s shape and dtype. ``x`` itself when not training,
@@ -69,12 +76,13 @@ def feature_alpha_dropout(
     p = check_probability(p, where)
     training = check_bool(training, "training", where)
     key = check_key(key, where)
+    use_kernel = check_optional_bool(use_kernel, "use_kernel", where)
     x = check_input(x, where, min_ndim=2)
     axis = resolve_channel_axis(channel_axis, x.ndim, where)
     mask_shape = [1] * x.ndim
     mask_shape[0] = x.shape[0]
     mask_shape[axis] = x.shape[axis]
-    return _alpha_dropout(x, p, training, key, mask_shape)
+    return _alpha_dropout(x, p, training, key, mask_shape, axis, use_kernel, where)
 
 
 def alpha_dropout(
@@ -83,6 +91,7 @@ def alpha_dropout(
     *,
     training: bool = True,
     key: mx.array | None = None,
+    use_kernel: bool | None = None,
 ) -> mx.array:
     r"""Element-wise alpha dropout for self-normalizing (SELU) networks.
 
@@ -98,6 +107,8 @@ def alpha_dropout(
             Default: ``True``.
         key (mlx.core.array, optional): PRNG key; see :func:`feature_alpha_dropout`.
             Default: ``None``.
+        use_kernel (bool, optional): Kernel or ops path; see :func:`feature_alpha_dropout`.
+            Default: ``None``.
 
     Returns:
         mlx.core.array: An array of ``x``'s shape and dtype, with the same special cases as
@@ -107,19 +118,34 @@ def alpha_dropout(
     p = check_probability(p, where)
     training = check_bool(training, "training", where)
     key = check_key(key, where)
+    use_kernel = check_optional_bool(use_kernel, "use_kernel", where)
     x = check_input(x, where, min_ndim=0)
-    return _alpha_dropout(x, p, training, key, list(x.shape))
+    return _alpha_dropout(x, p, training, key, list(x.shape), None, use_kernel, where)
 
 
 def _alpha_dropout(
-    x: mx.array, p: float, training: bool, key: mx.array | None, mask_shape: list[int]
+    x: mx.array,
+    p: float,
+    training: bool,
+    key: mx.array | None,
+    mask_shape: list[int],
+    channel_axis: int | None,
+    use_kernel: bool | None,
+    where: str,
 ) -> mx.array:
-    """Shared body of both functions, after validation."""
+    """Shared body of both functions, after validation.
+
+    ``channel_axis`` is None for the element-wise variant (``mask_shape == x.shape``).
+    """
+    # Resolved first, so that use_kernel=True fails the same way in training and eval mode.
+    kernel = _kernels.use_kernel_for(use_kernel, x, where)
     if not training or p == 0.0 or x.size == 0:
         return x
     if p == 1.0:
         return mx.zeros_like(x)
     keep = mx.random.bernoulli(1.0 - p, mask_shape, key=key)
+    if kernel:
+        return _kernels.masked_affine(x, keep, *alpha_dropout_coefficients(p), channel_axis)
     return _masked_affine(x, keep, p)
 
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from lucid_mlx._validation import check_bool, check_channel_axis, check_probability
+from lucid_mlx._validation import (
+    check_bool,
+    check_channel_axis,
+    check_optional_bool,
+    check_probability,
+)
 from lucid_mlx.functional import alpha_dropout, feature_alpha_dropout
 
 __all__ = ["AlphaDropout", "FeatureAlphaDropout"]
@@ -14,15 +19,23 @@ __all__ = ["AlphaDropout", "FeatureAlphaDropout"]
 class _AlphaDropoutBase(nn.Module):
     """Configuration and repr shared by the two layers; subclasses define ``__call__``."""
 
-    def __init__(self, p: float, inplace: bool) -> None:
+    def __init__(self, p: float, inplace: bool, use_kernel: bool | None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         where = type(self).__name__
         # Plain Python attributes: MLX registers only arrays, lists and dicts as parameters.
         self.p = check_probability(p, where)
         self.inplace = check_bool(inplace, "inplace", where)
+        self.use_kernel = check_optional_bool(use_kernel, "use_kernel", where)
+
+    def _fields(self) -> list[str]:
+        return [f"p={self.p}", f"inplace={self.inplace}"]
 
     def extra_repr(self) -> str:
-        return f"p={self.p}, inplace={self.inplace}"
+        fields = self._fields()
+        # use_kernel is shown only when set: None (automatic) is an implementation detail.
+        if self.use_kernel is not None:
+            fields.append(f"use_kernel={self.use_kernel}")
+        return ", ".join(fields)
 
     def _extra_repr(self) -> str:
         return self.extra_repr()
@@ -45,26 +58,40 @@ class FeatureAlphaDropout(_AlphaDropoutBase):
             nothing else holds the input). Default: ``False``.
         channel_axis (int): The channel axis, never the batch axis ``0``. ``-1`` for MLX's
             channels-last layouts, ``1`` for PyTorch-style ``(N, C, *)``. Default: ``-1``.
+        use_kernel (bool, optional): Fused GPU kernel or compiled ops path; see
+            :func:`lucid_mlx.feature_alpha_dropout`. Default: ``None`` (automatic).
 
     Shape:
         - Input: :math:`(N, *, C, *)`, at least 2 dimensions, batch first.
         - Output: the same shape as the input.
     """
 
-    def __init__(self, p: float = 0.5, inplace: bool = False, *, channel_axis: int = -1) -> None:
-        super().__init__(p, inplace)
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        channel_axis: int = -1,
+        use_kernel: bool | None = None,
+    ) -> None:
+        super().__init__(p, inplace, use_kernel)
         self.channel_axis = check_channel_axis(channel_axis, type(self).__name__)
 
     def __call__(self, x: mx.array, key: mx.array | None = None) -> mx.array:
         return feature_alpha_dropout(
-            x, self.p, training=self.training, key=key, channel_axis=self.channel_axis
+            x,
+            self.p,
+            training=self.training,
+            key=key,
+            channel_axis=self.channel_axis,
+            use_kernel=self.use_kernel,
         )
 
     #: Same as calling the layer; the name PyTorch code uses.
     forward = __call__
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, channel_axis={self.channel_axis}"
+    def _fields(self) -> list[str]:
+        return [*super()._fields(), f"channel_axis={self.channel_axis}"]
 
 
 class AlphaDropout(_AlphaDropoutBase):
@@ -81,17 +108,21 @@ class AlphaDropout(_AlphaDropoutBase):
         p (float): Probability of dropping an element, in ``[0, 1]``. Default: ``0.5``.
         inplace (bool): Accepted for parity with PyTorch; see :class:`FeatureAlphaDropout`.
             Default: ``False``.
+        use_kernel (bool, optional): Fused GPU kernel or compiled ops path; see
+            :func:`lucid_mlx.feature_alpha_dropout`. Default: ``None`` (automatic).
 
     Shape:
         - Input: any shape.
         - Output: the same shape as the input.
     """
 
-    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
-        super().__init__(p, inplace)
+    def __init__(
+        self, p: float = 0.5, inplace: bool = False, *, use_kernel: bool | None = None
+    ) -> None:
+        super().__init__(p, inplace, use_kernel)
 
     def __call__(self, x: mx.array, key: mx.array | None = None) -> mx.array:
-        return alpha_dropout(x, self.p, training=self.training, key=key)
+        return alpha_dropout(x, self.p, training=self.training, key=key, use_kernel=self.use_kernel)
 
     #: Same as calling the layer; the name PyTorch code uses.
     forward = __call__
