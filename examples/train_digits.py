@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -83,6 +85,38 @@ def load_digits_split(seed: int) -> tuple[mx.array, mx.array, mx.array, mx.array
     )
 
 
+def make_optimizer(lr: float, total_steps: int) -> optim.Optimizer:
+    # Cosine decay to zero: the last epochs settle instead of bouncing between minima.
+    return optim.Adam(learning_rate=optim.cosine_decay(lr, total_steps))
+
+
+def make_train_step(
+    model: nn.Module,
+    optimizer: optim.Optimizer,
+    reduce_gradients: Callable[[Any], Any] = lambda grads: grads,
+) -> tuple[Callable[[mx.array, mx.array], mx.array], list[Any]]:
+    """A compiled training step and the state it reads and writes.
+
+    ``mx.random.state`` is part of the compiled state, so each step draws new dropout masks
+    (without it, the compiled graph would replay the first step's masks forever).
+    ``reduce_gradients`` is applied before the update (``nn.average_gradients`` for
+    data-parallel training).
+    """
+
+    def loss_fn(model: nn.Module, x: mx.array, y: mx.array) -> mx.array:
+        return nn.losses.cross_entropy(model(x), y, reduction="mean")
+
+    state = [model.state, optimizer.state, mx.random.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(x: mx.array, y: mx.array) -> mx.array:
+        loss, grads = nn.value_and_grad(model, loss_fn)(model, x, y)
+        optimizer.update(model, reduce_gradients(grads))
+        return loss
+
+    return step, state
+
+
 def accuracy(model: nn.Module, x: mx.array, y: mx.array) -> float:
     model.eval()
     correct = mx.sum(mx.argmax(model(x), axis=1) == y)
@@ -109,22 +143,8 @@ def main(argv: list[str] | None = None) -> float:
 
     x_train, y_train, x_test, y_test = load_digits_split(args.seed)
     model = lucid_mlx.init.selu_init(DigitsCNN(args.dropout, args.p))
-    steps_per_epoch = x_train.shape[0] // args.batch_size
-    # Cosine decay to zero: the last epochs settle instead of bouncing between minima.
-    schedule = optim.cosine_decay(args.lr, args.epochs * steps_per_epoch)
-    optimizer = optim.Adam(learning_rate=schedule)
-
-    def loss_fn(model: nn.Module, x: mx.array, y: mx.array) -> mx.array:
-        return nn.losses.cross_entropy(model(x), y, reduction="mean")
-
-    # mx.random.state in the compiled state: each step draws new dropout masks.
-    state = [model.state, optimizer.state, mx.random.state]
-
-    @partial(mx.compile, inputs=state, outputs=state)
-    def step(x: mx.array, y: mx.array) -> mx.array:
-        loss, grads = nn.value_and_grad(model, loss_fn)(model, x, y)
-        optimizer.update(model, grads)
-        return loss
+    optimizer = make_optimizer(args.lr, args.epochs * (x_train.shape[0] // args.batch_size))
+    step, state = make_train_step(model, optimizer)
 
     model.train()
     n = x_train.shape[0]

@@ -30,14 +30,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
-import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten
-from train_digits import DigitsCNN, accuracy, load_digits_split
+from train_digits import (
+    DigitsCNN,
+    accuracy,
+    load_digits_split,
+    make_optimizer,
+    make_train_step,
+)
 
 import lucid_mlx
 
@@ -96,19 +100,9 @@ def main() -> int:
     )
 
     steps_per_epoch = shard // args.batch_size
-    schedule = optim.cosine_decay(args.lr, args.epochs * steps_per_epoch)
-    optimizer = optim.Adam(learning_rate=schedule)
-
-    def loss_fn(model: nn.Module, x: mx.array, y: mx.array) -> mx.array:
-        return nn.losses.cross_entropy(model(x), y, reduction="mean")
-
-    state = [model.state, optimizer.state, mx.random.state]
-
-    @partial(mx.compile, inputs=state, outputs=state)
-    def step(x: mx.array, y: mx.array) -> mx.array:
-        loss, grads = nn.value_and_grad(model, loss_fn)(model, x, y)
-        optimizer.update(model, nn.average_gradients(grads))
-        return loss
+    optimizer = make_optimizer(args.lr, args.epochs * steps_per_epoch)
+    # Gradients are averaged across ranks inside the compiled step.
+    step, state = make_train_step(model, optimizer, reduce_gradients=nn.average_gradients)
 
     log(f"{size} process(es), {shard} training images each, {steps_per_epoch} steps per epoch")
     model.train()

@@ -73,10 +73,7 @@ def feature_alpha_dropout(
         - Output: the same shape as the input.
     """
     where = "feature_alpha_dropout"
-    p = check_probability(p, where)
-    training = check_bool(training, "training", where)
-    key = check_key(key, where)
-    use_kernel = check_optional_bool(use_kernel, "use_kernel", where)
+    p, training, key, use_kernel = _check_options(p, training, key, use_kernel, where)
     x = check_input(x, where, min_ndim=2)
     axis = resolve_channel_axis(channel_axis, x.ndim, where)
     mask_shape = [1] * x.ndim
@@ -115,12 +112,21 @@ def alpha_dropout(
         :func:`feature_alpha_dropout`.
     """
     where = "alpha_dropout"
-    p = check_probability(p, where)
-    training = check_bool(training, "training", where)
-    key = check_key(key, where)
-    use_kernel = check_optional_bool(use_kernel, "use_kernel", where)
+    p, training, key, use_kernel = _check_options(p, training, key, use_kernel, where)
     x = check_input(x, where, min_ndim=0)
     return _alpha_dropout(x, p, training, key, list(x.shape), None, use_kernel, where)
+
+
+def _check_options(
+    p: object, training: object, key: object, use_kernel: object, where: str
+) -> tuple[float, bool, mx.array | None, bool | None]:
+    """The checks both functions share, in one place."""
+    return (
+        check_probability(p, where),
+        check_bool(training, "training", where),
+        check_key(key, where),
+        check_optional_bool(use_kernel, "use_kernel", where),
+    )
 
 
 def _alpha_dropout(
