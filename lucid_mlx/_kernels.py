@@ -46,8 +46,9 @@ CUDA_SOURCE = CUDA_THREAD_INDEX + _BODY
 KERNEL_DTYPES = (mx.float16, mx.bfloat16, mx.float32)
 _INPUT_NAMES = ["x", "keep", "coefficients", "layout"]
 _THREADS_PER_GROUP = 256
-# The kernel indexes with 32-bit unsigned integers.
-MAX_KERNEL_ELEMENTS = 2**31 - 1
+# The kernel indexes with 32-bit integers, and MLX's CUDA launch rounds the grid up to whole
+# thread groups in a signed 32-bit int: stay a group clear of 2**31.
+MAX_KERNEL_ELEMENTS = 2**31 - _THREADS_PER_GROUP
 
 # Backends on which benchmarks/bench_dropout.py measured the kernel at least as fast as the
 # compiled ops path, forward and backward. Automatic selection (use_kernel=None) takes the
@@ -158,6 +159,42 @@ def _masked_affine_vjp(
     dx = _launch(cotangent.astype(x.dtype), keep, backward, layout)
     # The mask, coefficients and layout are not differentiable inputs.
     return dx, mx.zeros_like(keep), mx.zeros_like(coefficients), mx.zeros_like(layout)
+
+
+@_masked_affine.jvp
+def _masked_affine_jvp(
+    primals: tuple[mx.array, ...], tangents: tuple[mx.array | None, ...]
+) -> mx.array:
+    x, keep, coefficients, layout = primals
+    if tangents[0] is None:
+        return mx.zeros_like(x)
+    backward = coefficients * mx.array([1.0, 0.0, 0.0], dtype=coefficients.dtype)
+    # The map is affine in x: the tangent goes through the same kernel without the shift.
+    return _launch(tangents[0].astype(x.dtype), keep, backward, layout)
+
+
+@_masked_affine.vmap
+def _masked_affine_vmap(
+    inputs: tuple[mx.array, ...], axes: tuple[int | None, ...]
+) -> tuple[mx.array, int]:
+    """Batch over a leading axis of ``x`` (and of ``keep``) by stacking along the samples.
+
+    With ``B`` copies stacked first, element ``elem`` of the stack belongs to sample
+    ``elem / per_sample`` of ``B * N``: the same index math, over a keep mask of ``B * N``
+    samples. The layout only grows its total size.
+    """
+    x, keep, coefficients, layout = inputs
+    x_axis, keep_axis, coefficients_axis, layout_axis = axes
+    if coefficients_axis is not None or layout_axis is not None:
+        raise ValueError("lucid_mlx: the kernel cannot be vmapped over its coefficients.")
+    batch = x.shape[x_axis] if x_axis is not None else keep.shape[keep_axis]  # type: ignore[index]
+    x = mx.moveaxis(x, x_axis, 0) if x_axis is not None else mx.broadcast_to(x, (batch, *x.shape))
+    if keep_axis is None:
+        keep = mx.broadcast_to(keep, (batch, *keep.shape))
+    else:
+        keep = mx.moveaxis(keep, keep_axis, 0)
+    grown = layout * mx.array([batch, 1, 1, 1], dtype=layout.dtype)
+    return cast(mx.array, _masked_affine(x, keep.reshape(-1), coefficients, grown)), 0
 
 
 def layout_of(shape: tuple[int, ...], channel_axis: int | None) -> tuple[int, int, int, int]:

@@ -59,12 +59,16 @@ def check_input(x: object, where: str, *, min_ndim: int) -> mx.array:
 
 
 def check_channel_axis(channel_axis: object, where: str) -> int:
-    """Check the type of ``channel_axis`` (its range depends on the input; see below)."""
-    if isinstance(channel_axis, bool) or not isinstance(channel_axis, int):
+    """Check that ``channel_axis`` is an integer other than 0 (its range depends on x)."""
+    # Any integral number (int, numpy integers); bool is excluded like for ``p``.
+    if isinstance(channel_axis, bool) or not isinstance(channel_axis, numbers.Integral):
         raise TypeError(
             f"[{where}] 'channel_axis' must be an int but got {_describe(channel_axis)}."
         )
-    return channel_axis
+    axis = int(channel_axis)
+    if axis == 0:
+        raise ValueError(f"[{where}] 'channel_axis' must not be the batch axis 0 but got 0.")
+    return axis
 
 
 def resolve_channel_axis(channel_axis: object, ndim: int, where: str) -> int:
@@ -85,9 +89,17 @@ def resolve_channel_axis(channel_axis: object, ndim: int, where: str) -> int:
 
 
 def check_key(key: object, where: str) -> mx.array | None:
-    if key is not None and not isinstance(key, mx.array):
+    """Check that ``key`` is None or a PRNG key as ``mx.random.key`` makes: uint32, shape (2,)."""
+    if key is None:
+        return None
+    if not isinstance(key, mx.array):
         raise TypeError(
             f"[{where}] 'key' must be None or a PRNG key from mlx.core.random.key but got"
             f" {type(key).__name__}."
+        )
+    if key.dtype != mx.uint32 or tuple(key.shape) != (2,):
+        raise ValueError(
+            f"[{where}] 'key' must be a PRNG key from mlx.core.random.key (uint32, shape (2,))"
+            f" but got an array of {key.dtype} with shape {tuple(key.shape)}."
         )
     return key

@@ -143,12 +143,13 @@ def _alpha_dropout(
 
     ``channel_axis`` is None for the element-wise variant (``mask_shape == x.shape``).
     """
-    # Resolved first, so that use_kernel=True fails the same way in training and eval mode.
-    kernel = _kernels.use_kernel_for(use_kernel, x, where)
     if not training or p == 0.0 or x.size == 0:
         return x
     if p == 1.0:
         return mx.zeros_like(x)
+    # Resolved only when a kernel would run: a model configured with use_kernel=True still
+    # runs in eval mode on a machine without a GPU.
+    kernel = _kernels.use_kernel_for(use_kernel, x, where)
     keep = mx.random.bernoulli(1.0 - p, mask_shape, key=key)
     if kernel:
         return _kernels.masked_affine(x, keep, *alpha_dropout_coefficients(p), channel_axis)

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
+from lucid_mlx._validation import check_key
+
 __all__ = ["fan_in", "lecun_normal", "selu_init"]
 
 # Layers whose weight is (out, in) or (out, *kernel, in). Transposed convolutions are left
@@ -21,6 +23,12 @@ def fan_in(shape: tuple[int, ...] | list[int]) -> int:
     That is ``in`` for ``Linear`` weights ``(out, in)`` and ``prod(kernel) * in`` for
     ``ConvNd`` weights ``(out, *kernel, in)`` (MLX keeps input channels last).
     """
+    if isinstance(shape, str) or not all(
+        isinstance(n, int) and not isinstance(n, bool) for n in shape
+    ):
+        raise TypeError(f"[fan_in] 'shape' must be a sequence of ints but got {shape!r}.")
+    if any(n < 0 for n in shape):
+        raise ValueError(f"[fan_in] 'shape' must not have negative sizes but got {tuple(shape)}.")
     if len(shape) < 2:
         raise ValueError(
             "[fan_in] the weight must have at least 2 dimensions, (out, in) or"
@@ -51,7 +59,13 @@ def lecun_normal(dtype: mx.Dtype = mx.float32) -> Callable[..., mx.array]:
         >>> weight = lucid_mlx.init.lecun_normal()(mx.zeros((64, 3, 3, 32)))  # std 1/sqrt(288)
     """
 
+    if not isinstance(dtype, mx.Dtype) or not mx.issubdtype(dtype, mx.floating):
+        raise TypeError(
+            f"[lecun_normal] 'dtype' must be a floating-point mlx.core.Dtype but got {dtype!r}."
+        )
+
     def initializer(a: mx.array, key: mx.array | None = None) -> mx.array:
+        key = check_key(key, "lecun_normal")
         std = 1.0 / math.sqrt(fan_in(a.shape))
         return mx.random.normal(a.shape, dtype=dtype, scale=std, key=key)
 
@@ -74,6 +88,7 @@ def selu_init(model: nn.Module, *, key: mx.array | None = None) -> nn.Module:
         raise TypeError(
             f"[selu_init] 'model' must be an mlx.nn.Module but got {type(model).__name__}."
         )
+    key = check_key(key, "selu_init")
     layers = [
         module
         for module in model.modules()  # type: ignore[no-untyped-call]

@@ -38,7 +38,16 @@ def layer_statistics(
         list[LayerStatistics]: One ``(position, name, mean, variance)`` per layer, ``name`` being
         the layer's class name (or function name).
     """
-    sequence = layers.layers if isinstance(layers, nn.Sequential) else list(layers)
+    if isinstance(layers, nn.Sequential):
+        sequence = list(layers.layers)
+    elif isinstance(layers, nn.Module) or not isinstance(layers, Iterable):
+        # A single Module is a dict: iterating it would walk its attribute names.
+        raise TypeError(
+            "[layer_statistics] 'layers' must be an mlx.nn.Sequential or a list of layers but"
+            f" got {type(layers).__name__}."
+        )
+    else:
+        sequence = list(layers)
     if not isinstance(x, mx.array):
         raise TypeError(
             f"[layer_statistics] 'x' must be an mlx.core.array but got {type(x).__name__}."

@@ -157,6 +157,26 @@ def test_kernel_under_compile_grad_and_compiled_grad(kernel_mode):
     _assert_close(mx.grad(mx.compile(lambda x: loss(x, True)))(x), expected_grad)
 
 
+def test_kernel_under_jvp_and_vmap(kernel_mode):
+    x = normal_input((4, 5, 3, 12), seed=6)
+    tangent = normal_input((4, 5, 3, 12), seed=7)
+    key = mx.random.key(10)
+
+    def f(use_kernel):
+        return lambda x: feature_alpha_dropout(
+            x, 0.3, key=key, channel_axis=1, use_kernel=use_kernel
+        )
+
+    (_, jvp_kernel), (_, jvp_ops) = (mx.jvp(f(k), [x], [tangent]) for k in (True, False))
+    _assert_close(jvp_kernel[0], jvp_ops[0])
+    # vmap over a new leading axis (the same key: the same mask for every batch entry), and
+    # over an inner axis of the input.
+    stacked = normal_input((3, 4, 5, 3, 12), seed=8)
+    _assert_close(mx.vmap(f(True))(stacked), mx.vmap(f(False))(stacked))
+    inner = stacked.transpose(1, 2, 0, 3, 4)
+    _assert_close(mx.vmap(f(True), in_axes=2)(inner), mx.vmap(f(False), in_axes=2)(inner))
+
+
 def test_modules_pass_use_kernel_through(kernel_mode):
     x = normal_input((3, 4, 4, 8))
     key = mx.random.key(9)
@@ -195,14 +215,23 @@ def test_automatic_selection_falls_back_to_ops_without_gpu():
 
 @pytest.mark.skipif(HAS_GPU_KERNEL, reason="checks the machine without a GPU backend")
 @pytest.mark.parametrize("entry", [feature_alpha_dropout, alpha_dropout])
-@pytest.mark.parametrize("training", [True, False])
-def test_use_kernel_true_without_gpu_backend_raises(entry, training):
-    with pytest.raises(
-        RuntimeError, match=r"use_kernel=True but this MLX has no GPU kernel backend"
-    ):
-        entry(normal_input((2, 4)), use_kernel=True, training=training)
-    with pytest.raises(RuntimeError, match=r"\[FeatureAlphaDropout\]|\[feature_alpha_dropout\]"):
-        FeatureAlphaDropout(use_kernel=True)(normal_input((2, 4)))
+def test_use_kernel_true_without_gpu_backend_raises_when_a_kernel_would_run(entry):
+    x = normal_input((2, 4))
+    with pytest.raises(RuntimeError, match=r"use_kernel=True but this MLX has no GPU kernel"):
+        entry(x, use_kernel=True)
+    # Nothing to run, nothing to refuse: eval mode, p == 0 and empty input return x.
+    assert entry(x, use_kernel=True, training=False) is x
+    assert entry(x, 0.0, use_kernel=True) is x
+
+
+@pytest.mark.skipif(HAS_GPU_KERNEL, reason="checks the machine without a GPU backend")
+def test_layer_with_use_kernel_true_raises_in_training_and_runs_in_eval():
+    layer = FeatureAlphaDropout(use_kernel=True)
+    x = normal_input((2, 4))
+    with pytest.raises(RuntimeError, match=r"\[feature_alpha_dropout\] use_kernel=True but"):
+        layer(x)
+    layer.eval()
+    assert layer(x) is x
 
 
 def test_automatic_selection_needs_a_measured_backend(monkeypatch):

@@ -28,6 +28,11 @@ def test_statistics_per_layer_on_sequential_and_list():
 def test_rejects_bad_arguments():
     with pytest.raises(TypeError, match=r"'x' must be an mlx\.core\.array"):
         layer_statistics([nn.Identity()], np.zeros(3))
+    not_layers = r"'layers' must be an mlx\.nn\.Sequential or a list of layers but got"
+    with pytest.raises(TypeError, match=not_layers + " Linear"):
+        layer_statistics(nn.Linear(3, 3), mx.zeros((2, 3)))
+    with pytest.raises(TypeError, match=not_layers + " int"):
+        layer_statistics(3, mx.zeros(3))
     with pytest.raises(TypeError, match="layer 1 is int"):
         layer_statistics([nn.Identity(), 3], mx.zeros(3))
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from lucid_mlx import alpha_dropout, feature_alpha_dropout
-from tests.reference import ALPHA, LAMBDA, coefficients, recover_keep, to_numpy
+from lucid_mlx._math import alpha_dropout_coefficients
+from tests.reference import ALPHA, LAMBDA, recover_keep, to_numpy
 
 SIGMAS = 5.0
 
@@ -77,11 +78,12 @@ def test_drop_fraction_is_p(p):
     assert abs(dropped_fraction - p) <= SIGMAS * np.sqrt(p * (1 - p) / draws)
 
 
-def test_analytic_moments_of_the_affine_map():
-    # Exact math: for input with mean 0 and variance 1, E[y] = 0 and Var[y] = 1.
+def test_analytic_moments_of_the_package_coefficients():
+    # Exact math on lucid_mlx's own coefficients: for input with mean 0 and variance 1,
+    # E[y] = 0 and Var[y] = 1, and the dropped value is a * alpha' + b.
     alpha_prime = -LAMBDA * ALPHA
     for p in (0.01, 0.1, 0.5, 0.9, 0.999):
-        a, b, dropped = coefficients(p)
+        a, b, dropped = alpha_dropout_coefficients(p)
         q = 1 - p
         mean = a * p * alpha_prime + b
         second = a**2 * (q + p * alpha_prime**2) + 2 * a * b * p * alpha_prime + b**2

@@ -92,6 +92,13 @@ def test_channel_axis_may_not_be_the_batch_axis(axis):
         feature_alpha_dropout(X, channel_axis=axis)
 
 
+def test_channel_axis_accepts_numpy_integers_and_rejects_zero_at_construction():
+    assert FeatureAlphaDropout(channel_axis=np.int64(3)).channel_axis == 3
+    assert feature_alpha_dropout(X, 0.0, channel_axis=np.int32(1)) is X
+    with pytest.raises(ValueError, match=r"\[FeatureAlphaDropout\] 'channel_axis' must not be"):
+        FeatureAlphaDropout(channel_axis=0)
+
+
 @pytest.mark.parametrize("axis", [1.0, "1", True, None])
 def test_channel_axis_of_wrong_type(axis):
     with pytest.raises(TypeError, match="'channel_axis' must be an int but got"):
@@ -117,6 +124,17 @@ def test_training_must_be_bool(entry):
 def test_key_must_be_an_array(entry):
     with pytest.raises(TypeError, match=r"'key' must be None or a PRNG key .* but got int"):
         entry(key=0)
+
+
+@pytest.mark.parametrize("entry", [_feature, _element])
+@pytest.mark.parametrize(
+    "key", [mx.zeros(2), mx.zeros((2, 2), dtype=mx.uint32), mx.zeros(3, dtype=mx.uint32)]
+)
+def test_key_must_be_a_prng_key(entry, key):
+    with pytest.raises(
+        ValueError, match=r"'key' must be a PRNG key .*uint32, shape \(2,\).* but got"
+    ):
+        entry(key=key)
 
 
 @pytest.mark.parametrize("layer", [FeatureAlphaDropout, AlphaDropout])
