@@ -24,6 +24,7 @@ import platform
 import time
 from collections.abc import Callable
 from datetime import date
+from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -105,9 +106,15 @@ def candidates(shape: tuple[int, ...]) -> tuple[dict[str, Callable], dict[str, C
     def vjp(f: Callable[[mx.array], mx.array]) -> Callable[[], mx.array]:
         return lambda: mx.vjp(f, [x], [cotangent])[1][0]
 
+    # The layer inside a user's compiled step (random state captured, as README shows).
+    random_state = [mx.random.state]
+    in_compiled_step = partial(mx.compile, inputs=random_state, outputs=random_state)(
+        lambda x: feature_alpha_dropout(x, P, use_kernel=False)
+    )
     forward: dict[str, Callable] = {
         "floor x*1.5": lambda: x * 1.5,
         "FeatureAlphaDropout": lambda: feature_alpha_dropout(x, P, use_kernel=False),
+        "  inside mx.compile(step)": lambda: in_compiled_step(x),
         "naive unfused formula": lambda: naive_feature_alpha_dropout(x, P),
         "mlx.nn.Dropout2d": lambda: dropout2d(x),
         "AlphaDropout (element-wise)": lambda: alpha_dropout(x, P, use_kernel=False),

@@ -170,9 +170,10 @@ def _masked_affine(x: mx.array, keep: mx.array, p: float) -> mx.array:
     if keep.size == x.size:
         # Element-wise: one fused pass reads x and the mask together.
         return _fused_masked_affine(x, keep, scale, shift, dropped)
-    # Channel-wise: per-(sample, channel) scale and shift come from the small mask in their
-    # own small kernel, so the pass over x is a single broadcast multiply-add.
-    return _affine(x, *_small_unit_affine(keep, scale, shift, dropped))
+    # Channel-wise: per-(sample, channel) scale and shift come from the small mask, so the
+    # pass over x is a single broadcast multiply-add.
+    unit = _small_unit_affine(keep, scale, shift, dropped)
+    return _affine(x, unit[0], unit[1])
 
 
 def _unit_affine(
@@ -189,9 +190,17 @@ def _affine_body(x: mx.array, scale: mx.array, shift: mx.array) -> mx.array:
     return (x.astype(scale.dtype) * scale + shift).astype(x.dtype)
 
 
-# Separately compiled, so that a caller's mx.compile keeps the small mask arithmetic out of
-# the big pass over x.
-_small_unit_affine = mx.compile(_unit_affine)
+@mx.compile
+def _small_unit_affine(
+    keep: mx.array, scale: mx.array, shift: mx.array, dropped: mx.array
+) -> mx.array:
+    """``_unit_affine`` on the small channel-wise mask, stacked: shape ``(2, *keep.shape)``."""
+    # mx.stack is not elementwise, so inside a caller's mx.compile it keeps the mask draw and
+    # this arithmetic out of the fused pass over x, which would otherwise redo them for every
+    # element (measured 6x the cost of one pass, against 1.2-1.5x eagerly).
+    return mx.stack(list(_unit_affine(keep, scale, shift, dropped)))
+
+
 _affine = mx.compile(_affine_body)
 
 
