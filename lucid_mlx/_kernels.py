@@ -142,6 +142,15 @@ def _launch(x: mx.array, keep: mx.array, coefficients: mx.array, layout: mx.arra
     return out  # type: ignore[no-any-return]
 
 
+def _slope(coefficients: mx.array) -> mx.array:
+    """Coefficients of the map's derivative: ``(a, 0, 0)``, so the kernel gives ``a * keep * v``.
+
+    The map is affine in x, so cotangents (VJP) and tangents (JVP) both go through the same
+    kernel with the shift and the dropped value set to 0.
+    """
+    return coefficients * mx.array([1.0, 0.0, 0.0], dtype=coefficients.dtype)
+
+
 @mx.custom_function
 def _masked_affine(
     x: mx.array, keep: mx.array, coefficients: mx.array, layout: mx.array
@@ -154,9 +163,7 @@ def _masked_affine_vjp(
     primals: tuple[mx.array, ...], cotangent: mx.array, output: mx.array
 ) -> tuple[mx.array, ...]:
     x, keep, coefficients, layout = primals
-    # dy/dx = a where kept, 0 where dropped: the same kernel with shift and dropped set to 0.
-    backward = coefficients * mx.array([1.0, 0.0, 0.0], dtype=coefficients.dtype)
-    dx = _launch(cotangent.astype(x.dtype), keep, backward, layout)
+    dx = _launch(cotangent.astype(x.dtype), keep, _slope(coefficients), layout)
     # The mask, coefficients and layout are not differentiable inputs.
     return dx, mx.zeros_like(keep), mx.zeros_like(coefficients), mx.zeros_like(layout)
 
@@ -168,9 +175,7 @@ def _masked_affine_jvp(
     x, keep, coefficients, layout = primals
     if tangents[0] is None:
         return mx.zeros_like(x)
-    backward = coefficients * mx.array([1.0, 0.0, 0.0], dtype=coefficients.dtype)
-    # The map is affine in x: the tangent goes through the same kernel without the shift.
-    return _launch(tangents[0].astype(x.dtype), keep, backward, layout)
+    return _launch(tangents[0].astype(x.dtype), keep, _slope(coefficients), layout)
 
 
 @_masked_affine.vmap

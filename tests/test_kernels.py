@@ -98,6 +98,11 @@ def _assert_close(actual: mx.array, expected: mx.array) -> None:
     assert np.all(np.abs(a - e) <= tolerance), np.max(np.abs(a - e))
 
 
+def _assert_paths_agree(dropout, x, **kwargs):
+    """``dropout`` with the kernel and with the ops path: same key, so the same mask."""
+    _assert_close(dropout(x, use_kernel=True, **kwargs), dropout(x, use_kernel=False, **kwargs))
+
+
 @pytest.mark.parametrize(("shape", "channel_axis"), CASES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_feature_kernel_matches_ops_path(kernel_mode, shape, channel_axis, dtype):
@@ -124,21 +129,13 @@ def test_feature_kernel_matches_ops_path(kernel_mode, shape, channel_axis, dtype
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_elementwise_kernel_matches_ops_path(kernel_mode, shape, dtype):
     x = normal_input(shape, dtype=dtype, seed=3)
-    key = mx.random.key(6)
-    _assert_close(
-        alpha_dropout(x, 0.4, key=key, use_kernel=True),
-        alpha_dropout(x, 0.4, key=key, use_kernel=False),
-    )
+    _assert_paths_agree(alpha_dropout, x, p=0.4, key=mx.random.key(6))
 
 
 def test_kernel_on_non_contiguous_input(kernel_mode):
     base = normal_input((4, 9, 6, 10), seed=4)
     x = base.transpose(0, 2, 1, 3)  # a strided view: (4, 6, 9, 10)
-    key = mx.random.key(7)
-    _assert_close(
-        feature_alpha_dropout(x, 0.5, key=key, use_kernel=True),
-        feature_alpha_dropout(x, 0.5, key=key, use_kernel=False),
-    )
+    _assert_paths_agree(feature_alpha_dropout, x, p=0.5, key=mx.random.key(7))
 
 
 def test_kernel_under_compile_grad_and_compiled_grad(kernel_mode):
