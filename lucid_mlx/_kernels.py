@@ -6,7 +6,7 @@ asks :func:`use_kernel_for` whether to take it and calls :func:`masked_affine`.
 One thread per element of ``x`` (row-major), computing in float32::
 
     unit  = (elem / per_sample) * channels + (elem / inner) % channels   # (n, c) -> flat
-    y     = keep[unit] ? x * a + b : x * 0 + (a * alpha' + b)
+    y     = keep[unit] ? x * a + b : a * alpha' + b
 
 ``per_sample`` is the size of one sample, ``inner`` the size of one channel's slice after the
 channel axis, ``channels`` the mask's size per sample. The element-wise variant is the same
@@ -35,10 +35,9 @@ _BODY = """
     unsigned int inner = static_cast<unsigned int>(layout[2]);
     unsigned int channels = static_cast<unsigned int>(layout[3]);
     unsigned int unit = (elem / per_sample) * channels + (elem / inner) % channels;
-    bool kept = keep[unit];
-    float scale = kept ? coefficients[0] : 0.0f;
-    float shift = kept ? coefficients[1] : coefficients[2];
-    out[elem] = static_cast<T>(static_cast<float>(x[elem]) * scale + shift);
+    // A dropped unit is exactly the dropped value, whatever x holds (inf and NaN included).
+    float kept_value = static_cast<float>(x[elem]) * coefficients[0] + coefficients[1];
+    out[elem] = static_cast<T>(keep[unit] ? kept_value : coefficients[2]);
 """
 METAL_SOURCE = METAL_THREAD_INDEX + _BODY
 CUDA_SOURCE = CUDA_THREAD_INDEX + _BODY
