@@ -24,6 +24,7 @@ of the body in MLX ops, and are counted so that tests can require that they did 
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import math
@@ -108,6 +109,7 @@ class HarnessStats:
 
 STATS = HarnessStats()
 _BUILD_DIR = Path(tempfile.mkdtemp(prefix="lucid_mlx_harness_"))
+atexit.register(shutil.rmtree, _BUILD_DIR, ignore_errors=True)
 _LIBRARIES: dict[str, ctypes.CDLL] = {}
 _LOCK = threading.Lock()
 
@@ -439,7 +441,8 @@ class HarnessKernel:
     ) -> None:
         # The harness passes inputs as contiguous copies, which is what MLX's default
         # ensure_row_contiguous=True does; the other options are not played.
-        assert ensure_row_contiguous and not atomic_outputs, "harness: option not supported"
+        assert ensure_row_contiguous, "harness: ensure_row_contiguous=False is not played"
+        assert not atomic_outputs, "harness: atomic_outputs is not played"
         self.backend = backend
         self.name = name
         self.input_names = list(input_names)
@@ -447,6 +450,7 @@ class HarnessKernel:
         self.source = source
         self.header = header
         self.flags = tuple(flags)
+        self.last_library: ctypes.CDLL | None = None
 
     def translation_unit(
         self,
@@ -503,9 +507,8 @@ class HarnessKernel:
         unit = self.translation_unit(inputs, output_shapes, output_dtypes, template)
         buffers = len(inputs) + len(output_shapes)
         library = build_host_library(self.backend, unit, buffers, self.flags)
-        outputs = run_host_library(
-            library, inputs, output_shapes, output_dtypes, grid, threadgroup
-        )
+        self.last_library = library
+        outputs = run_host_library(library, inputs, output_shapes, output_dtypes, grid, threadgroup)
         with _LOCK:
             STATS.real_launches += 1
         return outputs

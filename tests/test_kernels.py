@@ -21,6 +21,8 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -251,6 +253,191 @@ def test_modules_pass_use_kernel_through(kernel_mode):
         kernel_mode,
     )
     _assert_same(AlphaDropout(0.2, use_kernel=True)(x, key), AlphaDropout(0.2)(x, key), kernel_mode)
+
+
+# ---- the kernel sources compiled: nvcc (CUDA), g++ with contraction, planted defects ------
+
+
+class _RecordingKernel:
+    """Records what the package passes to ``mx.fast.cuda_kernel`` and to the kernel call."""
+
+    calls: list[dict[str, Any]]
+
+    def __init__(self, **construction: Any) -> None:
+        self.construction = construction
+
+    def __call__(self, **call: Any) -> list[mx.array]:
+        _RecordingKernel.calls.append({**self.construction, **call})
+        return [mx.zeros(shape, dtype) for shape, dtype in zip(
+            call["output_shapes"], call["output_dtypes"], strict=True)]  # fmt: skip
+
+
+def package_cuda_unit(dtype: mx.Dtype) -> str:
+    """The CUDA translation unit for the package's own kernel call on ``dtype`` input: the
+    source, names, input dtypes and template exactly as the package hands them to MLX."""
+    _RecordingKernel.calls = []
+    with pytest.MonkeyPatch.context() as patch:
+        _kernels._kernel.cache_clear()
+        patch.setattr(mx.fast, "cuda_kernel", _RecordingKernel)
+        patch.setattr(_kernels, "gpu_backend", lambda: "cuda")
+        patch.setattr(_kernels, "_default_device_is_gpu", lambda: True)
+        mx.eval(feature_alpha_dropout(mx.zeros((4, 6), dtype), use_kernel=True))
+        _kernels._kernel.cache_clear()
+    (call,) = _RecordingKernel.calls
+    return harness.cuda_translation_unit(
+        call["name"],
+        call["input_names"],
+        call["inputs"],
+        call["output_names"],
+        call["output_dtypes"],
+        call["template"],
+        call["source"],
+        call.get("header", ""),
+    )
+
+
+NVCC_BUILDS = [(arch, dtype) for arch in harness.NVCC_ARCHS for dtype in FLOAT_DTYPES]
+
+
+@pytest.fixture(scope="session")
+def nvcc_builds() -> Iterator[dict[tuple[str, str], Future[str]]]:
+    """Every nvcc build this module checks, started together (they run in parallel)."""
+    if mx.__version__ != harness.MLX_CHECKED_AGAINST:
+        import warnings
+
+        warnings.warn(
+            f"the CUDA translation unit rebuilt in tests/kernel_harness.py was checked against"
+            f" MLX {harness.MLX_CHECKED_AGAINST}, but MLX {mx.__version__} is installed: compare"
+            " it with build_kernel in mlx/backend/cuda/custom_kernel.cpp",
+            stacklevel=1,
+        )
+    units = {str(dtype): package_cuda_unit(dtype) for dtype in FLOAT_DTYPES}
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        futures = {
+            (arch, str(dtype)): pool.submit(harness.nvcc_compile, units[str(dtype)], arch)
+            for arch, dtype in NVCC_BUILDS
+        }
+        futures[("sm_90a", "ptx")] = pool.submit(
+            harness.nvcc_compile, units[str(mx.float32)], "sm_90a", "ptx"
+        )
+        yield futures
+
+
+@pytest.mark.parametrize(("arch", "dtype"), NVCC_BUILDS, ids=[f"{a}-{d}" for a, d in NVCC_BUILDS])
+def test_nvcc_compiles_the_cuda_kernel(nvcc_builds, arch, dtype):
+    _need("nvcc")
+    cubin = nvcc_builds[(arch, str(dtype))].result()
+    assert os.path.getsize(cubin) > 0
+
+
+def test_the_cuda_unit_is_what_mlx_builds():
+    unit = package_cuda_unit(mx.bfloat16)
+    assert '#include "mlx/backend/cuda/device/utils.cuh"' in unit
+    assert "__global__ void custom_kernel_lucid_mlx_masked_affine_bfloat16_bfloat16_t(" in unit
+    signature = unit[unit.index("__global__") : unit.index(") {")]
+    assert re.findall(r"\n    (.*?)[,)]?$", signature, flags=re.M) == [
+        "const __nv_bfloat16* x",
+        "const bool* keep",
+        "const float* coefficients",
+        "const int32_t* layout",
+        "__nv_bfloat16* out",
+    ]
+    assert "  using T = __nv_bfloat16;\n" in unit
+    assert _kernels.CUDA_SOURCE in unit
+
+
+def test_nvcc_contracts_the_multiply_add(nvcc_builds):
+    """On the GPU, nvcc fuses ``x * a + b``: why GPU results are compared with a tolerance."""
+    _need("nvcc")
+    ptx = nvcc_builds[("sm_90a", "ptx")].result()
+    assert re.search(r"\bfma\.rn\.f32\b", ptx), ptx
+
+
+@pytest.mark.parametrize("backend", ["metal", "cuda"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_contracted_build_agrees_to_the_fma_bound(monkeypatch, backend, dtype):
+    """Built with fused multiply-adds, as a GPU compiler does: within the derived bound."""
+    _need("g++")
+    _use_harness(monkeypatch, backend, harness.CONTRACTED)
+    x = normal_input((16, 9, 7, 32), dtype=dtype, seed=11)
+    key = mx.random.key(12)
+    kernel = feature_alpha_dropout(x, 0.3, key=key, use_kernel=True)
+    ops = feature_alpha_dropout(x, 0.3, key=key, use_kernel=False)
+    library = _kernels._kernel(backend, dtype).last_library
+    _kernels._kernel.cache_clear()
+    _assert_close(kernel, ops)
+    # The contraction is real: the body's multiply-add became an FMA instruction, and some
+    # float32 results moved.
+    if shutil.which("objdump"):
+        disassembly = subprocess.run(
+            ["objdump", "-d", library._name], capture_output=True, text=True, check=True
+        ).stdout
+        assert re.search(r"\bvfn?madd\w*ss\b", disassembly)
+    if dtype == mx.float32:
+        assert not mx.array_equal(kernel, ops)
+
+
+@pytest.mark.parametrize("backend", ["metal", "cuda"])
+def test_a_body_that_does_not_compile_fails(monkeypatch, backend):
+    _need("g++")
+    _use_harness(monkeypatch, backend)
+    source = f"{backend.upper()}_SOURCE"
+    broken = getattr(_kernels, source).replace("return;", "return;\n    undeclared_name += 1;")
+    monkeypatch.setattr(_kernels, source, broken)
+    with pytest.raises(harness.HarnessBuildError, match="undeclared_name"):
+        feature_alpha_dropout(normal_input((2, 3, 4)), use_kernel=True)
+    _kernels._kernel.cache_clear()
+
+
+def test_nvcc_rejects_a_body_that_does_not_compile():
+    _need("nvcc")
+    unit = package_cuda_unit(mx.float32).replace("return;", "return;\n    undeclared_name += 1;")
+    with pytest.raises(harness.HarnessBuildError, match="undeclared_name"):
+        harness.nvcc_compile(unit, "sm_80")
+
+
+@pytest.mark.parametrize("backend", ["metal", "cuda"])
+def test_a_wrong_coefficient_index_is_caught(monkeypatch, backend):
+    _need("g++")
+    _use_harness(monkeypatch, backend)
+    source = f"{backend.upper()}_SOURCE"
+    swapped = getattr(_kernels, source).replace("coefficients[0]", "coefficients[1]", 1)
+    assert swapped != getattr(_kernels, source)
+    monkeypatch.setattr(_kernels, source, swapped)
+    x, key = normal_input((4, 5, 6)), mx.random.key(2)
+    with pytest.raises(AssertionError, match="differ from the ops path"):
+        _assert_paths_agree(feature_alpha_dropout, x, KernelMode(f"{backend}-body"), key=key)
+    _kernels._kernel.cache_clear()
+
+
+@pytest.mark.parametrize("backend", ["metal", "cuda"])
+def test_a_write_past_the_output_is_caught(monkeypatch, backend):
+    _need("g++")
+    _use_harness(monkeypatch, backend)
+    source = f"{backend.upper()}_SOURCE"
+    past_end = getattr(_kernels, source).replace("out[elem]", "out[elem + 1]")
+    monkeypatch.setattr(_kernels, source, past_end)
+    with pytest.raises(AssertionError, match="wrote past the end of its output"):
+        feature_alpha_dropout(normal_input((3, 300)), use_kernel=True)
+    _kernels._kernel.cache_clear()
+
+
+def test_metal_source_is_generated_by_mlx_itself():
+    """What MLX's own generator writes around the body (a failure here is an MLX change)."""
+    inputs = [mx.zeros((4, 9), mx.float16), mx.zeros((4, 9), mx.bool_)]
+    inputs += [mx.zeros((3,), mx.float32), mx.zeros((4,), mx.int32)]
+    unit = harness.metal_translation_unit(
+        "probe", _kernels._INPUT_NAMES, inputs, ["out"], [(4, 9)], [mx.float16],
+        [("T", mx.float16)], _kernels.METAL_SOURCE,
+    )  # fmt: skip
+    assert "const device float16_t* x [[buffer(0)]]" in unit
+    assert "const device bool* keep [[buffer(1)]]" in unit
+    # Inputs under 8 elements become constant buffers.
+    assert "const constant float* coefficients [[buffer(2)]]" in unit
+    assert "const constant int32_t* layout [[buffer(3)]]" in unit
+    assert "device float16_t* out [[buffer(4)]]" in unit
+    assert "uint3 thread_position_in_grid [[thread_position_in_grid]]" in unit
+    assert _kernels.METAL_SOURCE in unit
 
 
 # ---- always on the CPU path of this machine, or with the backend faked -------------------
