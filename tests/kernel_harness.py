@@ -29,6 +29,7 @@ import ctypes
 import hashlib
 import math
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -85,8 +86,15 @@ _BITS = {1: mx.uint8, 2: mx.uint16, 4: mx.uint32, 8: mx.uint64}
 GXX_FLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror")
 #: No contraction: ``x * scale + shift`` rounds the product and the sum, like MLX's CPU ops.
 EXACT = ("-ffp-contract=off",)
-#: Contraction on, as nvcc does by default on the GPU (``fma.rn.f32``).
-CONTRACTED = ("-mfma", "-ffp-contract=fast")
+#: Contraction on, as nvcc does by default on the GPU (``fma.rn.f32``). x86-64 needs FMA
+#: enabled explicitly; AArch64 always has it.
+CONTRACTED = (
+    ("-mfma", "-ffp-contract=fast")
+    if platform.machine() in ("x86_64", "AMD64")
+    else ("-ffp-contract=fast",)
+)
+#: How a fused single-precision multiply-add reads in this machine's disassembly.
+FMA_INSTRUCTION = r"\bvfn?madd\w*ss\b" if "-mfma" in CONTRACTED else r"\bfn?madd\s+s\d"
 NVCC_ARCHS = ("sm_80", "sm_90a")  # A100; H100/H200 (MLX adds "a" from compute capability 9)
 
 _GUARD_ELEMENTS = 64
