@@ -20,5 +20,5 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.write_line(
         f"kernel harness: {stats.gxx_builds} g++ builds, {stats.real_launches} launches of the"
         f" real kernel bodies on the CPU, {stats.imitated_launches} imitated under"
-        f" mx.compile/mx.vmap; nvcc builds: {nvcc or 'none'}"
+        f" mx.compile/mx.vmap; CUDA builds: {nvcc or 'none'}"
     )

@@ -10,6 +10,8 @@ a generated translation unit. This module gets that translation unit and builds 
   :func:`cuda_translation_unit` rebuilds the unit the way MLX does (``build_kernel`` in
   ``mlx/backend/cuda/custom_kernel.cpp``, checked against :data:`MLX_CHECKED_AGAINST`).
 
+The CUDA unit is also compiled for real GPUs, with ``nvcc`` (:func:`nvcc_compile`) and with
+NVRTC, the compiler MLX itself calls at run time, given MLX's options (:func:`nvrtc_compile`).
 Both units are compiled with ``g++`` against host stand-ins for the GPU keywords and types
 (``tests/harness_include/cpu``) together with a small launcher that plays MLX's launch (every
 Metal thread position; every CUDA block and thread of MLX's rounded-up grid), loaded with
@@ -134,6 +136,16 @@ def toolchain_missing(tool: str) -> str | None:
 
 def nvcc_path() -> str:
     return shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+
+
+def cuda_include() -> Path:
+    """The CUDA toolkit's include folder (cuda_fp16.h, cuda_bf16.h, cooperative_groups.h)."""
+    candidates = [Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"]
+    candidates.append(Path(nvcc_path()).resolve().parent.parent / "include")
+    for candidate in candidates:
+        if (candidate / "cuda_fp16.h").exists():
+            return candidate
+    raise HarnessBuildError(f"no cuda_fp16.h in {[str(c) for c in candidates]}")
 
 
 # ---- translation units ---------------------------------------------------------------------
@@ -363,6 +375,94 @@ def nvcc_compile(unit: str, arch: str, output: str = "cubin") -> str:
     with _LOCK:
         STATS.nvcc_builds.append(f"{arch}:{output}")
     return target.read_text() if output == "ptx" else str(target)
+
+
+def _load_nvrtc() -> ctypes.CDLL | None:
+    """NVRTC from the ``nvidia-cuda-nvrtc`` wheel (CUDA 13), or ``None`` where it is absent."""
+    try:
+        import nvidia  # the wheels' namespace package
+    except ImportError:
+        return None
+    for root in nvidia.__path__:
+        for library in sorted(Path(root).glob("cu*/lib/libnvrtc.so.*")):
+            # NVRTC opens its builtins library by name at compile time: load it first.
+            for builtins in library.parent.glob("libnvrtc-builtins.so.*"):
+                ctypes.CDLL(str(builtins), mode=ctypes.RTLD_GLOBAL)
+            return ctypes.CDLL(str(library))
+    return None
+
+
+_NVRTC = _load_nvrtc()
+
+
+def nvrtc_missing() -> str | None:
+    if _NVRTC is None:
+        return "NVRTC is not installed (pip install 'nvidia-cuda-nvrtc==13.0.*')"
+    if toolchain_missing("nvcc"):
+        return "the CUDA toolkit's headers (cuda_fp16.h, next to nvcc) are not here"
+    return None
+
+
+def nvrtc_compile(unit: str, arch: str, kernel: str) -> int:
+    """Compile ``unit`` with NVRTC as MLX's CUDA backend does; return the cubin's size.
+
+    The same options as MLX's ``jit_module.cpp`` (``--device-as-default-execution-space``,
+    ``--gpu-architecture=sm_XY[a]``), the stand-in ``utils.cuh`` handed over in memory under
+    MLX's include name, and ``kernel`` registered as a name expression, as MLX does.
+    """
+    assert _NVRTC is not None
+    nvrtc = _NVRTC
+    header_name = b"mlx/backend/cuda/device/utils.cuh"
+    header = (INCLUDE / "nvcc" / header_name.decode()).read_bytes()
+    toolkit_include = cuda_include()
+    program = ctypes.c_void_p()
+
+    def check(code: int, what: str) -> None:
+        if code != 0:
+            nvrtc.nvrtcGetErrorString.restype = ctypes.c_char_p
+            raise HarnessBuildError(f"{what} failed: {nvrtc.nvrtcGetErrorString(code).decode()}")
+
+    check(
+        nvrtc.nvrtcCreateProgram(
+            ctypes.byref(program),
+            unit.encode(),
+            b"lucid_mlx_kernel.cu",
+            1,
+            (ctypes.c_char_p * 1)(header),
+            (ctypes.c_char_p * 1)(header_name),
+        ),
+        "nvrtcCreateProgram",
+    )
+    try:
+        check(nvrtc.nvrtcAddNameExpression(program, kernel.encode()), "nvrtcAddNameExpression")
+        options = [
+            b"--device-as-default-execution-space",
+            f"--gpu-architecture={arch}".encode(),
+            f"--include-path={toolkit_include}".encode(),
+            f"--include-path={toolkit_include / 'cccl'}".encode(),  # libcu++, as MLX adds
+        ]
+        compiled = nvrtc.nvrtcCompileProgram(
+            program, len(options), (ctypes.c_char_p * len(options))(*options)
+        )
+        log_size = ctypes.c_size_t()
+        check(nvrtc.nvrtcGetProgramLogSize(program, ctypes.byref(log_size)), "log size")
+        log = ctypes.create_string_buffer(log_size.value)
+        check(nvrtc.nvrtcGetProgramLog(program, log), "nvrtcGetProgramLog")
+        text = log.value.decode()
+        if compiled != 0 or "warning" in text:
+            raise HarnessBuildError(f"NVRTC ({arch}) did not compile the unit cleanly:\n{text}")
+        lowered = ctypes.c_char_p()
+        check(
+            nvrtc.nvrtcGetLoweredName(program, kernel.encode(), ctypes.byref(lowered)),
+            "nvrtcGetLoweredName",
+        )
+        size = ctypes.c_size_t()
+        check(nvrtc.nvrtcGetCUBINSize(program, ctypes.byref(size)), "nvrtcGetCUBINSize")
+    finally:
+        nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
+    with _LOCK:
+        STATS.nvcc_builds.append(f"nvrtc:{arch}")
+    return size.value
 
 
 # ---- running -------------------------------------------------------------------------------

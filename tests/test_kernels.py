@@ -54,7 +54,7 @@ REQUIRE_TOOLCHAINS = os.environ.get("LUCID_MLX_REQUIRE_TOOLCHAINS") == "1"
 
 
 def _need(tool: str) -> None:
-    reason = harness.toolchain_missing(tool)
+    reason = harness.nvrtc_missing() if tool == "nvrtc" else harness.toolchain_missing(tool)
     if reason is None:
         return
     if REQUIRE_TOOLCHAINS:
@@ -300,25 +300,44 @@ def package_cuda_unit(dtype: mx.Dtype) -> str:
 NVCC_BUILDS = [(arch, dtype) for arch in harness.NVCC_ARCHS for dtype in FLOAT_DTYPES]
 
 
+def _kernel_symbol(unit: str) -> str:
+    match = re.search(r"__global__ void (\w+)\(", unit)
+    assert match
+    return f"mlx::core::cu::{match.group(1)}"  # the name MLX asks NVRTC for
+
+
 @pytest.fixture(scope="session")
-def nvcc_builds() -> Iterator[dict[tuple[str, str], Future[str]]]:
-    """Every nvcc build this module checks, started together (they run in parallel)."""
-    _need("nvcc")
+def cuda_builds() -> Iterator[dict[tuple[str, str, str], Future[Any]]]:
+    """Every nvcc and NVRTC build this module checks, started together, run in parallel."""
     units = {str(dtype): package_cuda_unit(dtype) for dtype in FLOAT_DTYPES}
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        futures = {
-            (arch, str(dtype)): pool.submit(harness.nvcc_compile, units[str(dtype)], arch)
-            for arch, dtype in NVCC_BUILDS
-        }
-        futures[("sm_90a", "ptx")] = pool.submit(
-            harness.nvcc_compile, units[str(mx.float32)], "sm_90a", "ptx"
-        )
+        futures: dict[tuple[str, str, str], Future[Any]] = {}
+        if harness.toolchain_missing("nvcc") is None:
+            for arch, dtype in NVCC_BUILDS:
+                unit = units[str(dtype)]
+                futures["nvcc", arch, str(dtype)] = pool.submit(harness.nvcc_compile, unit, arch)
+            futures["nvcc", "sm_90a", "ptx"] = pool.submit(
+                harness.nvcc_compile, units[str(mx.float32)], "sm_90a", "ptx"
+            )
+        if harness.nvrtc_missing() is None:
+            for arch, dtype in NVCC_BUILDS:
+                unit = units[str(dtype)]
+                futures["nvrtc", arch, str(dtype)] = pool.submit(
+                    harness.nvrtc_compile, unit, arch, _kernel_symbol(unit)
+                )
         yield futures
 
 
 @pytest.mark.parametrize(("arch", "dtype"), NVCC_BUILDS, ids=[f"{a}-{d}" for a, d in NVCC_BUILDS])
-def test_nvcc_compiles_the_cuda_kernel(nvcc_builds, arch, dtype):
-    cubin = nvcc_builds[(arch, str(dtype))].result()
+def test_nvrtc_compiles_the_cuda_kernel_as_mlx_does(cuda_builds, arch, dtype):
+    _need("nvrtc")
+    assert cuda_builds["nvrtc", arch, str(dtype)].result() > 0
+
+
+@pytest.mark.parametrize(("arch", "dtype"), NVCC_BUILDS, ids=[f"{a}-{d}" for a, d in NVCC_BUILDS])
+def test_nvcc_compiles_the_cuda_kernel(cuda_builds, arch, dtype):
+    _need("nvcc")
+    cubin = cuda_builds["nvcc", arch, str(dtype)].result()
     assert os.path.getsize(cubin) > 0
 
 
@@ -345,9 +364,10 @@ def test_the_cuda_unit_is_what_mlx_builds():
     assert _kernels.CUDA_SOURCE in unit
 
 
-def test_nvcc_contracts_the_multiply_add(nvcc_builds):
+def test_nvcc_contracts_the_multiply_add(cuda_builds):
     """On the GPU, nvcc fuses ``x * a + b``: why GPU results are compared with a tolerance."""
-    ptx = nvcc_builds[("sm_90a", "ptx")].result()
+    _need("nvcc")
+    ptx = cuda_builds["nvcc", "sm_90a", "ptx"].result()
     assert re.search(r"\bfma\.rn\.f32\b", ptx), ptx
 
 
@@ -387,11 +407,16 @@ def test_a_body_that_does_not_compile_fails(monkeypatch, backend):
     _kernels._kernel.cache_clear()
 
 
-def test_nvcc_rejects_a_body_that_does_not_compile():
-    _need("nvcc")
+@pytest.mark.parametrize("compiler", ["nvcc", "nvrtc"])
+def test_cuda_compilers_reject_a_body_that_does_not_compile(compiler):
+    _need(compiler)
     unit = package_cuda_unit(mx.float32).replace("return;", "return;\n    undeclared_name += 1;")
+    build = {
+        "nvcc": lambda: harness.nvcc_compile(unit, "sm_80"),
+        "nvrtc": lambda: harness.nvrtc_compile(unit, "sm_80", _kernel_symbol(unit)),
+    }[compiler]
     with pytest.raises(harness.HarnessBuildError, match="undeclared_name"):
-        harness.nvcc_compile(unit, "sm_80")
+        build()
 
 
 @pytest.mark.parametrize("backend", ["metal", "cuda"])
