@@ -85,6 +85,9 @@ _TYPE_STRING = {
 # Same-width unsigned integers: how the harness moves any dtype's bits through NumPy.
 _BITS = {1: mx.uint8, 2: mx.uint16, 4: mx.uint32, 8: mx.uint64}
 
+#: The host compiler: GCC. (Clang rejects the attribute list MLX puts on the Metal explicit
+#: instantiation, and clang before 15 has no _Float16 on x86; Apple's ``g++`` is clang.)
+CXX = "g++"
 GXX_FLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror")
 #: No contraction: ``x * scale + shift`` rounds the product and the sum, like MLX's CPU ops.
 EXACT = ("-ffp-contract=off",)
@@ -131,7 +134,13 @@ def toolchain_missing(tool: str) -> str | None:
             "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None
         )
         return None if found else "nvcc (the CUDA toolkit's compiler) is not on PATH"
-    return None if shutil.which(tool) else f"{tool} is not on PATH"
+    if not shutil.which(tool):
+        return f"{tool} is not on PATH"
+    if tool == CXX:
+        version = subprocess.run([tool, "--version"], capture_output=True, text=True, check=False)
+        if "Free Software Foundation" not in version.stdout:
+            return f"the kernel harness needs GCC, and {tool} here is not GCC"
+    return None
 
 
 def nvcc_path() -> str:
@@ -328,7 +337,7 @@ def build_host_library(
     else:
         program = unit + _cuda_launcher(unit, buffers)
         extra = ()
-    command = ["g++", *GXX_FLAGS, *extra, *flags, f"-I{INCLUDE / 'cpu'}"]
+    command = [CXX, *GXX_FLAGS, *extra, *flags, f"-I{INCLUDE / 'cpu'}"]
     digest = hashlib.sha256("\0".join([*command, program]).encode()).hexdigest()[:20]
     with _LOCK:
         if digest in _LIBRARIES:
@@ -343,7 +352,7 @@ def build_host_library(
             check=False,
         )
         if result.returncode != 0:
-            raise HarnessBuildError(f"g++ failed on the {backend} kernel:\n{result.stderr}")
+            raise HarnessBuildError(f"{CXX} failed on the {backend} kernel:\n{result.stderr}")
         STATS.gxx_builds += 1
         library = ctypes.CDLL(str(library_path))
         library.lucid_launch.restype = None

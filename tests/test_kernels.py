@@ -99,7 +99,7 @@ def kernel_mode(request, monkeypatch) -> Iterator[KernelMode]:
     if not mode.harness:
         yield mode
         return
-    _need("g++")
+    _need(harness.CXX)
     _use_harness(monkeypatch, mode.name.removesuffix("-body"))
     real, imitated = harness.STATS.real_launches, harness.STATS.imitated_launches
     yield mode
@@ -375,7 +375,7 @@ def test_nvcc_contracts_the_multiply_add(cuda_builds):
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_contracted_build_agrees_to_the_fma_bound(monkeypatch, backend, dtype):
     """Built with fused multiply-adds, as a GPU compiler does: within the derived bound."""
-    _need("g++")
+    _need(harness.CXX)
     _use_harness(monkeypatch, backend, harness.CONTRACTED)
     x = normal_input((16, 9, 7, 32), dtype=dtype, seed=11)
     key = mx.random.key(12)
@@ -397,7 +397,7 @@ def test_contracted_build_agrees_to_the_fma_bound(monkeypatch, backend, dtype):
 
 @pytest.mark.parametrize("backend", ["metal", "cuda"])
 def test_a_body_that_does_not_compile_fails(monkeypatch, backend):
-    _need("g++")
+    _need(harness.CXX)
     _use_harness(monkeypatch, backend)
     source = f"{backend.upper()}_SOURCE"
     broken = getattr(_kernels, source).replace("return;", "return;\n    undeclared_name += 1;")
@@ -421,7 +421,7 @@ def test_cuda_compilers_reject_a_body_that_does_not_compile(compiler):
 
 @pytest.mark.parametrize("backend", ["metal", "cuda"])
 def test_a_wrong_coefficient_index_is_caught(monkeypatch, backend):
-    _need("g++")
+    _need(harness.CXX)
     _use_harness(monkeypatch, backend)
     source = f"{backend.upper()}_SOURCE"
     swapped = getattr(_kernels, source).replace("coefficients[0]", "coefficients[1]", 1)
@@ -435,7 +435,7 @@ def test_a_wrong_coefficient_index_is_caught(monkeypatch, backend):
 
 @pytest.mark.parametrize("backend", ["metal", "cuda"])
 def test_a_write_past_the_output_is_caught(monkeypatch, backend):
-    _need("g++")
+    _need(harness.CXX)
     _use_harness(monkeypatch, backend)
     source = f"{backend.upper()}_SOURCE"
     past_end = getattr(_kernels, source).replace("out[elem]", "out[elem + 1]")
