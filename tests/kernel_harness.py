@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import functools
 import hashlib
 import math
 import os
@@ -127,6 +128,7 @@ _LIBRARIES: dict[str, ctypes.CDLL] = {}
 _LOCK = threading.Lock()
 
 
+@functools.cache
 def toolchain_missing(tool: str) -> str | None:
     """Why ``tool`` cannot run here, or ``None`` when it can."""
     if tool == "nvcc":
