@@ -1,16 +1,22 @@
 """lucid_mlx: alpha dropout layers for self-normalizing (SELU) networks in Apple MLX."""
 
-from importlib.metadata import PackageNotFoundError, version
+# The first import of MLX, guarded: on Linux, `pip install lucid_mlx` without a backend extra
+# installs MLX's Python part but no libmlx, and the raw error does not say what to install.
+try:
+    import mlx.core as _mlx_core  # noqa: F401 (imported to check that MLX loads)
+except ImportError as error:
+    raise ImportError(
+        f"[lucid_mlx] MLX could not be imported ({error}). On Linux, MLX needs a backend"
+        ' extra: pip install "lucid_mlx[cpu]" for the CPU, or "lucid_mlx[cuda12]" or'
+        ' "lucid_mlx[cuda13]" for NVIDIA GPUs. On macOS (Apple silicon), plain mlx'
+        " includes Metal: pip install mlx."
+    ) from error
 
 from lucid_mlx import init
+from lucid_mlx._version import __version__
 from lucid_mlx.functional import alpha_dropout, feature_alpha_dropout
 from lucid_mlx.layers import AlphaDropout, FeatureAlphaDropout
 from lucid_mlx.monitor import LayerStatistics, layer_statistics
-
-try:
-    __version__ = version("lucid_mlx")
-except PackageNotFoundError:  # imported from a source tree that was never installed
-    __version__ = "0+unknown"
 
 __all__ = [
     "AlphaDropout",

@@ -23,7 +23,8 @@ def check_probability(p: object, where: str) -> float:
         raise TypeError(f"[{where}] 'p' must be a real number in [0, 1] but got {_describe(p)}.")
     value = float(p)
     if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"[{where}] 'p' must be in [0, 1] but got {value!r}.")
+        # Quote p as given (5, not the converted 5.0): the message shows what the caller wrote.
+        raise ValueError(f"[{where}] 'p' must be in [0, 1] but got {p!r}.")
     return value
 
 
@@ -67,7 +68,9 @@ def check_channel_axis(channel_axis: object, where: str) -> int:
         )
     axis = int(channel_axis)
     if axis == 0:
-        raise ValueError(f"[{where}] 'channel_axis' must not be the batch axis 0 but got 0.")
+        raise ValueError(
+            f"[{where}] 'channel_axis' must not be the batch axis 0 but got {channel_axis!r}."
+        )
     return axis
 
 
@@ -77,13 +80,13 @@ def resolve_channel_axis(channel_axis: object, ndim: int, where: str) -> int:
     if not -ndim <= axis < ndim:
         raise ValueError(
             f"[{where}] 'channel_axis' must be in [{-ndim}, {ndim - 1}] for an input with"
-            f" {ndim} dimensions but got {axis}."
+            f" {ndim} dimensions but got {channel_axis!r}."
         )
     resolved = axis % ndim
     if resolved == 0:
         raise ValueError(
-            f"[{where}] 'channel_axis' must not be the batch axis 0 but got {axis}, which"
-            f" resolves to axis 0 for an input with {ndim} dimensions."
+            f"[{where}] 'channel_axis' must not be the batch axis 0 but got {channel_axis!r},"
+            f" which resolves to axis 0 for an input with {ndim} dimensions."
         )
     return resolved
 

@@ -28,17 +28,15 @@ def fan_in(shape: tuple[int, ...] | list[int]) -> int:
     ):
         raise TypeError(f"[fan_in] 'shape' must be a sequence of ints but got {shape!r}.")
     if any(n < 0 for n in shape):
-        raise ValueError(f"[fan_in] 'shape' must not have negative sizes but got {tuple(shape)}.")
+        raise ValueError(f"[fan_in] 'shape' must not have negative sizes but got {shape!r}.")
     if len(shape) < 2:
         raise ValueError(
             "[fan_in] the weight must have at least 2 dimensions, (out, in) or"
-            f" (out, *kernel, in), but got shape {tuple(shape)}."
+            f" (out, *kernel, in), but got shape {shape!r}."
         )
     fan = math.prod(shape[1:])
     if fan == 0:
-        raise ValueError(
-            f"[fan_in] the weight's fan-in must be positive but got shape {tuple(shape)}."
-        )
+        raise ValueError(f"[fan_in] the weight's fan-in must be positive but got shape {shape!r}.")
     return fan
 
 

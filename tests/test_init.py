@@ -40,6 +40,11 @@ def test_fan_in_must_be_positive():
         fan_in((3, -2, -2))
     with pytest.raises(TypeError, match="'shape' must be a sequence of ints but got 'abc'"):
         fan_in("abc")
+    # The shape is quoted as given, a list as a list.
+    with pytest.raises(ValueError, match=r"must not have negative sizes but got \[3, -2\]\."):
+        fan_in([3, -2])
+    with pytest.raises(ValueError, match=r"fan-in must be positive but got shape \[4, 0\]\."):
+        fan_in([4, 0])
 
 
 @pytest.mark.parametrize("dtype", [mx.int32, "float32", None])

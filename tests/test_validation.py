@@ -48,6 +48,15 @@ def test_p_out_of_range_is_a_value_error(entry, p):
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("p", [5, -1, np.float32(1.5), np.int64(2), np.float64(math.nan)])
+def test_p_out_of_range_is_quoted_as_given(entry, p):
+    # FeatureAlphaDropout(5) must say "got 5", not the converted "got 5.0".
+    with pytest.raises(ValueError, match=r"'p' must be in \[0, 1\]") as info:
+        entry(p)
+    assert str(info.value).endswith(f" but got {p!r}.")
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
 @pytest.mark.parametrize("p", [0, 1, 0.25, np.float32(0.25), np.float64(1.0)])
 def test_real_numbers_in_range_are_accepted(entry, p):
     entry(p)
@@ -90,6 +99,21 @@ def test_channel_axis_out_of_range(axis):
 def test_channel_axis_may_not_be_the_batch_axis(axis):
     with pytest.raises(ValueError, match=f"must not be the batch axis 0 but got {axis}"):
         feature_alpha_dropout(X, channel_axis=axis)
+
+
+@pytest.mark.parametrize(
+    ("make", "axis", "tail"),
+    [
+        (lambda axis: FeatureAlphaDropout(channel_axis=axis), np.int64(0), "."),
+        (lambda axis: feature_alpha_dropout(X, channel_axis=axis), np.int32(0), "."),
+        (lambda axis: feature_alpha_dropout(X, channel_axis=axis), np.int64(4), "."),
+        (lambda axis: feature_alpha_dropout(X, channel_axis=axis), np.int16(-4), ", which"),
+    ],
+)
+def test_channel_axis_is_quoted_as_given(make, axis, tail):
+    with pytest.raises(ValueError, match="'channel_axis' must") as info:
+        make(axis)
+    assert f" but got {axis!r}{tail}" in str(info.value)
 
 
 def test_channel_axis_accepts_numpy_integers_and_rejects_zero_at_construction():
