@@ -18,10 +18,13 @@ variants keep the fixed point.
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+from _cli import dropout_probability, positive_int, random_seed
 
 import lucid_mlx
 from lucid_mlx import AlphaDropout, FeatureAlphaDropout
@@ -49,15 +52,21 @@ def block_statistics(
     """(mean, variance) after each block, for every kind of dropout."""
     x = mx.random.normal((batch, size, size, channels), key=mx.random.key(seed + 1))
     results = {}
-    for name, make in DROPOUTS.items():
+    for index, (name, make) in enumerate(DROPOUTS.items(), start=1):
+        start = time.perf_counter()
         mx.random.seed(seed + 2)  # the same dropout stream for every variant
         model = selu_stack(depth, channels, make(p), seed)
         stats = lucid_mlx.layer_statistics(model, x)
         results[name] = [(s.mean, s.variance) for s in stats[2::3]]  # after each dropout
+        print(
+            f"[{index}/{len(DROPOUTS)}] {name}: {depth} blocks measured"
+            f" ({time.perf_counter() - start:.1f} s)",
+            flush=True,
+        )
     return results
 
 
-def plot(results: dict[str, list[tuple[float, float]]], p: float, path: str) -> None:
+def plot(results: dict[str, list[tuple[float, float]]], p: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,25 +83,43 @@ def plot(results: dict[str, list[tuple[float, float]]], p: float, path: str) -> 
     ax_var.set(xlabel="block (conv 3x3, SELU, dropout)", ylabel="variance of activations")
     ax_var.legend()
     fig.suptitle(f"Deep SELU conv net, NHWC, LeCun init, N(0,1) input, dropout p={p}")
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    print(f"saved {path}")
+    print(f"figure saved to {path.resolve()}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--depth", type=int, default=32, help="number of conv blocks")
-    parser.add_argument("--channels", type=int, default=32)
-    parser.add_argument("--size", type=int, default=32, help="height and width of the input")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--p", type=float, default=0.2, help="dropout probability for all")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--plot", default="self_normalization.png", help="where to save the PNG")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--depth", type=positive_int, default=32, help="number of conv blocks")
+    parser.add_argument("--channels", type=positive_int, default=32)
+    parser.add_argument(
+        "--size", type=positive_int, default=32, help="height and width of the input"
+    )
+    parser.add_argument("--batch", type=positive_int, default=8)
+    parser.add_argument(
+        "--p", type=dropout_probability, default=0.2, help="dropout probability for all, in [0, 1)"
+    )
+    parser.add_argument("--seed", type=random_seed, default=0)
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=Path("self_normalization.png"),
+        help="where to save the PNG (relative to the current directory; folders are created)",
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the plot")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU exists")
     args = parser.parse_args()
     if args.cpu:
         mx.set_default_device(mx.cpu)
 
+    print(
+        f"{args.depth} blocks, input ({args.batch}, {args.size}, {args.size}, {args.channels}),"
+        f" p = {args.p}: measuring {len(DROPOUTS)} kinds of dropout",
+        flush=True,
+    )
     results = block_statistics(args.depth, args.channels, args.p, args.batch, args.size, args.seed)
     names = list(results)
     print("block  " + "  ".join(f"{name:>21}" for name in names))

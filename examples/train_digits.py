@@ -25,6 +25,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
+from _cli import dropout_probability, positive_float, positive_int, random_seed
 
 import lucid_mlx
 from lucid_mlx import AlphaDropout, FeatureAlphaDropout
@@ -125,15 +126,22 @@ def accuracy(model: nn.Module, x: mx.array, y: mx.array) -> float:
 
 
 def main(argv: list[str] | None = None) -> float:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3, help="initial Adam learning rate")
-    parser.add_argument("--p", type=float, default=0.1, help="dropout probability")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--epochs", type=positive_int, default=20)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument(
+        "--lr", type=positive_float, default=2e-3, help="initial Adam learning rate"
+    )
+    parser.add_argument(
+        "--p", type=dropout_probability, default=0.1, help="dropout probability, in [0, 1)"
+    )
     parser.add_argument(
         "--dropout", choices=["feature_alpha", "dropout2d", "none"], default="feature_alpha"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU exists")
     args = parser.parse_args(argv)
     if args.cpu:
@@ -142,6 +150,11 @@ def main(argv: list[str] | None = None) -> float:
     rng = np.random.default_rng(args.seed)
 
     x_train, y_train, x_test, y_test = load_digits_split(args.seed)
+    if args.batch_size > x_train.shape[0]:
+        parser.error(
+            f"argument --batch-size: must be at most the {x_train.shape[0]} training images"
+            f" but got {args.batch_size}"
+        )
     model = lucid_mlx.init.selu_init(DigitsCNN(args.dropout, args.p))
     optimizer = make_optimizer(args.lr, args.epochs * (x_train.shape[0] // args.batch_size))
     step, state = make_train_step(model, optimizer)

@@ -34,6 +34,7 @@ import time
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from _cli import dropout_probability, positive_float, positive_int, random_seed
 from mlx.utils import tree_flatten
 from train_digits import (
     DigitsCNN,
@@ -52,12 +53,19 @@ def gather_rows(group: mx.distributed.Group, row: mx.array) -> np.ndarray:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=32, help="per rank")
-    parser.add_argument("--lr", type=float, default=2e-3, help="initial Adam learning rate")
-    parser.add_argument("--p", type=float, default=0.1, help="dropout probability")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--epochs", type=positive_int, default=20)
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="per rank")
+    parser.add_argument(
+        "--lr", type=positive_float, default=2e-3, help="initial Adam learning rate"
+    )
+    parser.add_argument(
+        "--p", type=dropout_probability, default=0.1, help="dropout probability, in [0, 1)"
+    )
+    parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU exists")
     parser.add_argument(
         "--same-dropout-seed",
@@ -100,6 +108,11 @@ def main() -> int:
     )
 
     steps_per_epoch = shard // args.batch_size
+    if steps_per_epoch == 0:
+        parser.error(
+            f"argument --batch-size: must be at most the {shard} training images of each of"
+            f" {size} rank(s) but got {args.batch_size}"
+        )
     optimizer = make_optimizer(args.lr, args.epochs * steps_per_epoch)
     # Gradients are averaged across ranks inside the compiled step.
     step, state = make_train_step(model, optimizer, reduce_gradients=nn.average_gradients)

@@ -1,0 +1,100 @@
+"""Argument types shared by the example scripts: a bad flag value is a one-line argparse error.
+
+Each function takes the flag's text and returns the parsed value or raises
+``argparse.ArgumentTypeError``; argparse then prints the usage line and
+``error: argument --epochs: must be a positive integer but got '0'`` and exits with status 2.
+
+    parser.add_argument("--epochs", type=positive_int, default=20)
+    parser.add_argument("--depths", type=comma_list(positive_int, "depths"), default=[4, 8])
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+# numpy's default_rng and scikit-learn's random_state take seeds up to 2**32 - 1.
+MAX_SEED = 2**32 - 1
+
+
+def _integer(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what} but got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (epochs, batch size, depth, widths)."""
+    value = _integer(text, "a positive integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer but got {text!r}")
+    return value
+
+
+def random_seed(text: str) -> int:
+    """An integer in [0, 2**32 - 1], the range every generator the examples seed accepts."""
+    value = _integer(text, f"an integer in [0, {MAX_SEED}]")
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}] but got {text!r}")
+    return value
+
+
+def _real(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what} but got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be {what} but got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite real number > 0 (learning rates)."""
+    value = _real(text, "a positive number")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number but got {text!r}")
+    return value
+
+
+def dropout_probability(text: str) -> float:
+    """A dropout probability in [0, 1): p = 1 drops everything, leaving nothing to train."""
+    value = _real(text, "a probability in [0, 1)")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1) but got {text!r}")
+    return value
+
+
+def nonzero_dropout_probability(text: str) -> float:
+    """A dropout probability in (0, 1), where p = 0 would repeat the no-dropout arm."""
+    value = _real(text, "a probability in (0, 1)")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a probability in (0, 1) but got {text!r}")
+    return value
+
+
+def comma_list(item: Callable[[str], T], name: str) -> Callable[[str], list[T]]:
+    """A parser for ``"a,b,c"``: each item parsed by ``item``, none empty, none repeated."""
+
+    def parse(text: str) -> list[T]:
+        values = []
+        for part in text.split(","):
+            if not part.strip():
+                raise argparse.ArgumentTypeError(
+                    f"must be a comma-separated list of {name} but got {text!r} (an empty item)"
+                )
+            try:
+                values.append(item(part.strip()))
+            except argparse.ArgumentTypeError as error:
+                raise argparse.ArgumentTypeError(f"every item {error} (in {text!r})") from None
+        if len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"must not repeat an item but got {text!r}")
+        return values
+
+    parse.__name__ = f"list of {name}"  # argparse quotes it for errors it raises itself
+    return parse
