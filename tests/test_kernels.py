@@ -13,7 +13,8 @@ Three ways to run the kernel path (the ``kernel_mode`` fixture):
   body in MLX ops. Every harness-mode test must run the real body at least once.
 - ``gpu`` (marked ``gpu``; ``pytest -m gpu`` selects them): the real Metal or CUDA kernel.
   Skipped, with the reason, where MLX has no GPU kernel backend. A GPU compiler contracts
-  ``x * a + b`` into a fused multiply-add, so there values agree to a derived tolerance.
+  ``(x - alpha') * a + d`` into a fused multiply-add, so there values agree to a derived
+  tolerance.
 """
 
 from __future__ import annotations
@@ -140,9 +141,10 @@ def _assert_same(actual: mx.array, expected: mx.array, mode: KernelMode) -> None
 
 
 def _assert_close(actual: mx.array, expected: mx.array) -> None:
-    # A fused multiply-add rounds once where the ops path rounds twice: the float32 results
-    # differ by at most 2**-24 |a x| + 2**-23 |y| (first order), and |a x| <= |y| + |b| with
-    # |b| < 1 for the p used in these tests; rounding to a half type adds one of its ulps.
+    # A fused multiply-add in (x - alpha') * a + d rounds once where the ops path rounds twice:
+    # the float32 results differ by at most 2**-24 |(x - alpha') a| + 2**-23 |y| (first
+    # order), and |(x - alpha') a| <= |y| + |d| with |d| <= |alpha'| < 2 for every p; rounding
+    # to a half type adds one of its ulps.
     a, e = to_numpy(actual), to_numpy(expected)
     tolerance = 2 * UNIT_ROUNDOFF[actual.dtype] * np.abs(e) + 2.0**-23 * (1 + 2 * np.abs(e))
     assert np.all(np.abs(a - e) <= tolerance), np.max(np.abs(a - e))
@@ -365,7 +367,7 @@ def test_the_cuda_unit_is_what_mlx_builds():
 
 
 def test_nvcc_contracts_the_multiply_add(cuda_builds):
-    """On the GPU, nvcc fuses ``x * a + b``: why GPU results are compared with a tolerance."""
+    """On the GPU, nvcc fuses the multiply-add: why GPU results are compared with a tolerance."""
     _need("nvcc")
     ptx = cuda_builds["nvcc", "sm_90a", "ptx"].result()
     assert re.search(r"\bfma\.rn\.f32\b", ptx), ptx
