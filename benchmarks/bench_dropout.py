@@ -43,7 +43,6 @@ from lucid_mlx._kernels import use_kernel_for
 from lucid_mlx._math import SELU_SATURATION, alpha_dropout_coefficients
 
 
-
 class Shapes(list[tuple[int, ...]]):
     """A list of shapes that ``--help`` shows as they are typed: ``32x56x56x64 ...``."""
 
@@ -291,9 +290,7 @@ def candidates(shape: tuple[int, ...], skipped: dict[str, str]) -> Table:
         ]:
             ty = f(tx, P, training=True)
             table["forward"][name] = partial(f, tx.detach(), P, training=True)
-            table["backward"][name] = partial(
-                torch.autograd.grad, ty, tx, tcot, retain_graph=True
-            )
+            table["backward"][name] = partial(torch.autograd.grad, ty, tx, tcot, retain_graph=True)
         table["forward"]["torch floor x*1.5"] = lambda: tx.detach() * 1.5
         table["backward"]["torch floor x*1.5"] = partial(
             torch.autograd.grad, tx * 1.5, tx, tcot, retain_graph=True
@@ -375,9 +372,7 @@ def report(shape: tuple[int, ...], repeats: int, skipped: dict[str, str]) -> lis
         f"compiled fwd+bwd <= {ELEMENT_STEP:g}x": [
             check("", ratio("fwd+bwd", ELEMENT_STEP_ROW), ELEMENT_STEP)
         ],
-        f"peak <= {ELEMENT_PEAK}x output": [
-            check("", memory[ELEMENT] / output_mib, ELEMENT_PEAK)
-        ],
+        f"peak <= {ELEMENT_PEAK}x output": [check("", memory[ELEMENT] / output_mib, ELEMENT_PEAK)],
     }
     missed = []
     print("targets:")
@@ -415,7 +410,8 @@ def report_small(shapes: list[tuple[int, ...]], repeats: int) -> list[str]:
                 f" {times[name] / times[DROPOUT2D]:11.2f}x {graph_nodes(fn):6d}"
             )
         met = times[FEATURE] <= times[DROPOUT2D]
-        print(f"  target: FeatureAlphaDropout no slower than Dropout2d: {'met' if met else 'MISSED'}")
+        verdict = "met" if met else "MISSED"
+        print(f"  target: FeatureAlphaDropout no slower than Dropout2d: {verdict}")
         if not met:
             missed.append(f"{text}: small eager call no slower than Dropout2d")
     return missed

@@ -189,3 +189,37 @@ def test_matches_pytorch_on_its_own_masks():
     )
     keep = recover_keep(x, mx.array(y.numpy()), 0.3, (0, 1), exact_dropped=False, quantized=False)
     assert 0 < keep.sum() < keep.size
+
+
+def test_non_finite_input():
+    # Kept units follow a * x + b (inf stays inf, NaN stays NaN). A dropped unit is
+    # (x - alpha') * 0 + d on the ops path, which is NaN where x is infinite or NaN, as in
+    # PyTorch (documented; the GPU kernel writes d there, see test_kernels).
+    x = np.array(normal_input((16, 5, 32), seed=9))
+    x[:, 0, :] = np.inf
+    x[:, 1, :] = -np.inf
+    x[:, 2, :] = np.nan
+    key = mx.random.key(6)
+    y = np.array(feature_alpha_dropout(mx.array(x), 0.5, key=key, channel_axis=-1))
+    finite = slice(3, None)
+    keep = recover_keep(mx.array(x[:, finite]), mx.array(y[:, finite]), 0.5, (0, 2))[:, 0, :]
+    assert 0 < keep.sum() < keep.size
+    np.testing.assert_array_equal(y[:, 0, :], np.where(keep, np.inf, np.nan))
+    np.testing.assert_array_equal(y[:, 1, :], np.where(keep, -np.inf, np.nan))
+    assert np.isnan(y[:, 2, :]).all()
+
+
+@pytest.mark.parametrize("p", [1 - 1e-10, 1 - 2**-52])
+def test_float16_stays_finite_as_p_tends_to_one(p):
+    # The probability used stops at 1 - 2**-16, where a = 126.6 and b = 222.5: a kept unit
+    # of float16 overflows only where |x| > 515, as under any scaling (before the 16-bit
+    # threshold, b passed float16's 65504 once 1 - p < 1.8e-10).
+    a, b, _ = coefficients(used_probability(p))
+    assert a < 127
+    assert b < 223
+    assert a * 515 + b < 65504
+    x = normal_input((1024, 1024), dtype=mx.float16, seed=10)
+    y = feature_alpha_dropout(x, p, key=mx.random.key(11))
+    assert np.isfinite(to_numpy(y)).all()
+    keep = recover_keep(x, y, p, (0, 1))
+    assert 0 < keep.sum() < 64  # 2**20 draws at probability 2**-16 of keeping: about 16 kept

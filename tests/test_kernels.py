@@ -42,7 +42,15 @@ from lucid_mlx import (
     feature_alpha_dropout,
 )
 from tests import kernel_harness as harness
-from tests.reference import FLOAT_DTYPES, UNIT_ROUNDOFF, normal_input, to_numpy
+from tests.reference import (
+    FLOAT_DTYPES,
+    UNIT_ROUNDOFF,
+    coefficients,
+    normal_input,
+    rounded,
+    to_numpy,
+    used_probability,
+)
 
 HAS_GPU_KERNEL = _kernels.gpu_backend() is not None and mx.default_device() == mx.gpu
 NO_GPU_REASON = (
@@ -256,6 +264,36 @@ def test_modules_pass_use_kernel_through(kernel_mode):
         kernel_mode,
     )
     _assert_same(AlphaDropout(0.2, use_kernel=True)(x, key), AlphaDropout(0.2)(x, key), kernel_mode)
+
+
+def test_kernel_takes_the_global_generators_mask(kernel_mode):
+    # Without a key both paths draw with the key MLX hands out and advance the state alike.
+    x = normal_input((8, 3, 3, 16), seed=12)
+    for dropout in (feature_alpha_dropout, alpha_dropout):
+        mx.random.seed(4)
+        kernel = dropout(x, 0.3, use_kernel=True)
+        kernel_next = mx.random.uniform(shape=(2,))
+        mx.random.seed(4)
+        ops = dropout(x, 0.3, use_kernel=False)
+        _assert_same(kernel, ops, kernel_mode)
+        assert mx.array_equal(kernel_next, mx.random.uniform(shape=(2,)))
+
+
+def test_kernel_writes_the_dropped_value_whatever_x_holds(kernel_mode):
+    # The kernel selects d for a dropped unit; the ops path computes (x - alpha') * 0 + d,
+    # NaN for an infinite or NaN x (README documents the difference). Kept units agree.
+    x = np.array(normal_input((16, 4, 24), seed=13))
+    x[:, 0, :], x[:, 1, :], x[:, 2, :] = np.inf, -np.inf, np.nan
+    key = mx.random.key(14)
+    kernel = to_numpy(feature_alpha_dropout(mx.array(x), 0.5, key=key, use_kernel=True))
+    ops = to_numpy(feature_alpha_dropout(mx.array(x), 0.5, key=key, use_kernel=False))
+    dropped_value = rounded(coefficients(used_probability(0.5))[2], mx.float32)
+    dropped = kernel[:, 3:4, :] == dropped_value
+    assert 0 < dropped.sum() < dropped.size
+    assert (kernel[:, :3, :][np.broadcast_to(dropped, (16, 3, 24))] == dropped_value).all()
+    assert np.isnan(ops[:, :3, :][np.broadcast_to(dropped, (16, 3, 24))]).all()
+    kept = np.broadcast_to(~dropped, x.shape)
+    np.testing.assert_array_equal(kernel[kept], ops[kept])
 
 
 # ---- the kernel sources compiled: nvcc (CUDA), g++ with contraction, planted defects ------
