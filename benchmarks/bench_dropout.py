@@ -349,6 +349,19 @@ def report(shape: tuple[int, ...], repeats: int, skipped: dict[str, str]) -> lis
     if torch is not None:
         own = times["forward"]["torch floor x*1.5"] / times["forward"][FLOOR]
         print(f"(torch rows are ratios to torch's own x*1.5, which took {own:.2f}x MLX's)")
+    moved = 2 * 4 * math.prod(shape)  # float32: x read once, y written once
+    forward, backward = times["forward"], times["backward"]
+    print(f"floor: {moved / forward[FLOOR] / 1e9:.1f} GB/s effective (x read once, y written once)")
+    for kernel, ops in (("FeatureAlphaDropout kernel", FEATURE), ("AlphaDropout kernel", ELEMENT)):
+        if kernel in forward:
+            wins = forward[kernel] <= forward[ops] and backward[kernel] <= backward[ops]
+            of_floor = forward[FLOOR] / forward[kernel], backward[FLOOR] / backward[kernel]
+            print(
+                f"{kernel}: {moved / forward[kernel] / 1e9:.1f} GB/s forward;"
+                f" {of_floor[0]:.0%} / {of_floor[1]:.0%}"
+                " of the floor's bandwidth forward / backward (target 85%); at least as fast as"
+                f" the ops path forward and backward: {'yes' if wins else 'NO'}"
+            )
 
     def check(label: str, value: float | None, target: float) -> tuple[str, bool]:
         assert value is not None
