@@ -120,7 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--small-repeats",
         type=positive_int,
-        default=300,
+        default=1000,
         help="interleaved rounds per shape for the small eager calls",
     )
     parser.add_argument(

@@ -63,7 +63,7 @@ def test_help_shows_every_default():
     text = " ".join(result.stdout.split())  # argparse wraps lines
     assert "interleaved rounds per shape (default: 30)" in text
     assert "(default: 32x56x56x64 64x28x28x128 128x14x14x256)" in text
-    assert "(default: 300)" in text
+    assert "(default: 1000)" in text
     assert "(default: 32x8x8x16 128x8x8x32)" in text
 
 
