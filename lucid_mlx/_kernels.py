@@ -6,11 +6,13 @@ asks :func:`use_kernel_for` whether to take it and calls :func:`masked_affine`.
 One thread per element of ``x`` (row-major), computing in float32::
 
     unit  = (elem / per_sample) * channels + (elem / inner) % channels   # (n, c) -> flat
-    y     = keep[unit] ? x * a + b : a * alpha' + b
+    y     = keep[unit] ? (x - alpha') * a + d : d          # d = a * alpha' + b
 
 ``per_sample`` is the size of one sample, ``inner`` the size of one channel's slice after the
 channel axis, ``channels`` the mask's size per sample. The element-wise variant is the same
-kernel with ``channels = per_sample`` and ``inner = 1``. The backward pass is this kernel
+kernel with ``channels = per_sample`` and ``inner = 1``. The coefficients are
+``(a, alpha', d)``, and a kept unit is computed with the ops path's operations in its order,
+so without contraction the two paths agree bit for bit. The backward pass is this kernel
 again on the cotangent, with coefficients ``(a, 0, 0)``: ``dx = cotangent * a * keep``.
 """
 
@@ -35,8 +37,10 @@ _BODY = """
     unsigned int inner = static_cast<unsigned int>(layout[2]);
     unsigned int channels = static_cast<unsigned int>(layout[3]);
     unsigned int unit = (elem / per_sample) * channels + (elem / inner) % channels;
+    // (x - alpha') * a + d, the ops path's operations in its order: a kept unit is a x + b.
     // A dropped unit is exactly the dropped value, whatever x holds (inf and NaN included).
-    float kept_value = static_cast<float>(x[elem]) * coefficients[0] + coefficients[1];
+    float kept_value = (static_cast<float>(x[elem]) - coefficients[1]) * coefficients[0]
+        + coefficients[2];
     out[elem] = static_cast<T>(keep[unit] ? kept_value : coefficients[2]);
 """
 METAL_SOURCE = METAL_THREAD_INDEX + _BODY
@@ -141,13 +145,17 @@ def _launch(x: mx.array, keep: mx.array, coefficients: mx.array, layout: mx.arra
     return out  # type: ignore[no-any-return]
 
 
-def _slope(coefficients: mx.array) -> mx.array:
+def _slope(coefficients: mx.array, dtype: mx.Dtype) -> mx.array:
     """Coefficients of the map's derivative: ``(a, 0, 0)``, so the kernel gives ``a * keep * v``.
 
     The map is affine in x, so cotangents (VJP) and tangents (JVP) both go through the same
-    kernel with the shift and the dropped value set to 0.
+    kernel with alpha' and the dropped value set to 0: ``(v - 0) * a + 0`` where kept. For
+    bfloat16, ``a`` is first rounded to bfloat16, as the ops path's bfloat16 VJP does.
     """
-    return coefficients * mx.array([1.0, 0.0, 0.0], dtype=coefficients.dtype)
+    slope = coefficients * mx.array([1.0, 0.0, 0.0], dtype=coefficients.dtype)
+    if dtype == mx.bfloat16:
+        slope = slope.astype(mx.bfloat16).astype(coefficients.dtype)
+    return slope
 
 
 @mx.custom_function
@@ -162,7 +170,7 @@ def _masked_affine_vjp(
     primals: tuple[mx.array, ...], cotangent: mx.array, output: mx.array
 ) -> tuple[mx.array, ...]:
     x, keep, coefficients, layout = primals
-    dx = _launch(cotangent.astype(x.dtype), keep, _slope(coefficients), layout)
+    dx = _launch(cotangent.astype(x.dtype), keep, _slope(coefficients, x.dtype), layout)
     # The mask, coefficients and layout are not differentiable inputs.
     return dx, mx.zeros_like(keep), mx.zeros_like(coefficients), mx.zeros_like(layout)
 
@@ -174,7 +182,7 @@ def _masked_affine_jvp(
     x, keep, coefficients, layout = primals
     if tangents[0] is None:
         return mx.zeros_like(x)
-    return _launch(tangents[0].astype(x.dtype), keep, _slope(coefficients), layout)
+    return _launch(tangents[0].astype(x.dtype), keep, _slope(coefficients, x.dtype), layout)
 
 
 @_masked_affine.vmap
@@ -218,17 +226,18 @@ def masked_affine(
     x: mx.array,
     keep: mx.array,
     scale: float,
-    shift: float,
+    saturation: float,
     dropped: float,
     channel_axis: int | None,
 ) -> mx.array:
-    """``scale * x + shift`` where ``keep``, ``dropped`` elsewhere, in one kernel launch.
+    """``(x - saturation) * scale + dropped`` where ``keep``, ``dropped`` elsewhere, in one launch.
 
     ``keep`` has ``x``'s size on axis 0 and on ``channel_axis`` (every axis when
     ``channel_axis`` is None) and 1 elsewhere. Differentiable through a custom VJP.
     """
     if x.ndim == 0:  # a scalar has no batch axis; treat it as one sample of one element
-        return masked_affine(x.reshape(1), keep.reshape(1), scale, shift, dropped, None).reshape(())
-    coefficients = mx.array([scale, shift, dropped], dtype=mx.float32)
+        one = masked_affine(x.reshape(1), keep.reshape(1), scale, saturation, dropped, None)
+        return one.reshape(())
+    coefficients = mx.array([scale, saturation, dropped], dtype=mx.float32)
     layout = mx.array(layout_of(tuple(x.shape), channel_axis), dtype=mx.int32)
     return cast(mx.array, _masked_affine(x, keep.reshape(-1), coefficients, layout))

@@ -1,7 +1,8 @@
 """The one place that owns the alpha-dropout arithmetic.
 
-Everything else in the package asks :func:`alpha_dropout_coefficients` for the affine map;
-no other module spells out the SELU constants or the formulas for ``a`` and ``b``.
+Everything else in the package asks :func:`alpha_dropout_coefficients` for the affine map and
+:func:`drop_threshold` for the mask's resolution; no other module spells out the SELU
+constants, the formulas for ``a`` and ``b``, or how ``p`` is quantized.
 """
 
 from __future__ import annotations
@@ -50,3 +51,28 @@ def alpha_dropout_coefficients(p: float) -> AlphaDropoutCoefficients:
     # a * alpha' + b simplifies to a * alpha' * q; the simplified form loses no precision.
     dropped = scale * SELU_SATURATION * keep_prob
     return AlphaDropoutCoefficients(scale, shift, dropped)
+
+
+#: The keep mask compares 16 random bits per (sample, channel) or per element with an integer
+#: threshold, so the drop probability actually used is a multiple of ``2**-16``.
+MASK_BITS = 16
+MASK_LEVELS = 1 << MASK_BITS
+
+
+def drop_threshold(p: float) -> int:
+    """The integer threshold ``t`` for drop probability ``p`` in ``(0, 1)``: drop when bits < t.
+
+    With 16 uniform random bits per unit the drop probability is exactly ``t / 2**16``.
+    ``t`` is ``p * 2**16`` rounded to the nearest integer and clamped to ``[1, 2**16 - 1]``:
+    the probability used is within ``2**-17`` of ``p``, or within ``2**-16`` where the clamp
+    applies (``p < 2**-17`` or ``p > 1 - 2**-17``), so a ``p > 0`` never becomes "no dropout"
+    and a ``p < 1`` never becomes "drop everything".
+    """
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"drop_threshold: 'p' must be in (0, 1) but got {p!r}.")
+    return min(max(round(p * MASK_LEVELS), 1), MASK_LEVELS - 1)
+
+
+def realized_probability(p: float) -> float:
+    """The drop probability the mask actually uses for ``p`` in ``(0, 1)``: ``t / 2**16``."""
+    return drop_threshold(p) / MASK_LEVELS

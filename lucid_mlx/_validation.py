@@ -18,6 +18,8 @@ def _describe(value: object) -> str:
 
 def check_probability(p: object, where: str) -> float:
     """Return ``p`` as a float after checking it is a real number in ``[0, 1]``."""
+    if type(p) is float and 0.0 <= p <= 1.0:  # the common case, without the ABC checks
+        return p
     # bool is a numbers.Real subclass; dropout(x, True) is a bug, not a probability.
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
         raise TypeError(f"[{where}] 'p' must be a real number in [0, 1] but got {_describe(p)}.")
@@ -61,6 +63,8 @@ def check_input(x: object, where: str, *, min_ndim: int) -> mx.array:
 
 def check_channel_axis(channel_axis: object, where: str) -> int:
     """Check that ``channel_axis`` is an integer other than 0 (its range depends on x)."""
+    if type(channel_axis) is int and channel_axis != 0:  # the common case, without ABC checks
+        return channel_axis
     # Any integral number (int, numpy integers); bool is excluded like for ``p``.
     if isinstance(channel_axis, bool) or not isinstance(channel_axis, numbers.Integral):
         raise TypeError(

@@ -5,10 +5,21 @@ The layers in :mod:`lucid_mlx.layers` are one-line wrappers around these functio
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+from functools import cache, lru_cache
+from typing import NamedTuple, cast
+
 import mlx.core as mx
 
 from lucid_mlx import _kernels
-from lucid_mlx._math import alpha_dropout_coefficients
+from lucid_mlx._math import (
+    MASK_LEVELS,
+    SELU_SATURATION,
+    AlphaDropoutCoefficients,
+    alpha_dropout_coefficients,
+    drop_threshold,
+)
 from lucid_mlx._validation import (
     check_bool,
     check_input,
@@ -39,9 +50,16 @@ def feature_alpha_dropout(
     .. math::
 
         y = a \bigl(m \odot x + (1 - m)\,\alpha'\bigr) + b, \qquad
-        m_{n,c} \sim \mathrm{Bernoulli}(1 - p),
+        m_{n,c} \sim \mathrm{Bernoulli}(1 - \hat p),
 
-        a = \bigl((1 - p)(1 + p\,\alpha'^2)\bigr)^{-1/2}, \qquad b = -a\,\alpha'\,p.
+        a = \bigl((1 - \hat p)(1 + \hat p\,\alpha'^2)\bigr)^{-1/2}, \qquad
+        b = -a\,\alpha'\,\hat p.
+
+    The drop probability used, :math:`\hat p`, is ``p`` to 16 bits: each unit compares 16
+    random bits with the integer threshold :math:`t = \mathrm{round}(2^{16} p)`, kept within
+    :math:`[1, 2^{16} - 1]`, so :math:`\hat p = t / 2^{16}` is within :math:`2^{-16}` of
+    ``p``, never 0 for ``p > 0`` and never 1 for ``p < 1``. ``a`` and ``b`` come from
+    :math:`\hat p`, so mean 0 and variance 1 hold exactly for the probability used.
 
     Axis 0 is always the batch axis; the mask has ``x``'s size on axis 0 and on
     ``channel_axis`` and size 1 elsewhere, so every (sample, channel) slice is wholly kept or
@@ -76,10 +94,7 @@ def feature_alpha_dropout(
     p, training, key, use_kernel = _check_options(p, training, key, use_kernel, where)
     x = check_input(x, where, min_ndim=2)
     axis = resolve_channel_axis(channel_axis, x.ndim, where)
-    mask_shape = [1] * x.ndim
-    mask_shape[0] = x.shape[0]
-    mask_shape[axis] = x.shape[axis]
-    return _alpha_dropout(x, p, training, key, mask_shape, axis, use_kernel, where)
+    return _alpha_dropout(x, p, training, key, axis, use_kernel, where)
 
 
 def alpha_dropout(
@@ -94,8 +109,9 @@ def alpha_dropout(
 
     Each element is kept or set to :math:`\alpha' = -\lambda\alpha` independently, then the
     affine map of :func:`feature_alpha_dropout` restores mean 0 and variance 1
-    (Klambauer et al. 2017, https://arxiv.org/abs/1706.02515). Suits fully connected SELU
-    layers; for convolutional features prefer :func:`feature_alpha_dropout`.
+    (Klambauer et al. 2017, https://arxiv.org/abs/1706.02515), with the same 16-bit drop
+    probability. Suits fully connected SELU layers; for convolutional features prefer
+    :func:`feature_alpha_dropout`.
 
     Args:
         x (mlx.core.array): Floating-point input of any shape.
@@ -114,7 +130,7 @@ def alpha_dropout(
     where = "alpha_dropout"
     p, training, key, use_kernel = _check_options(p, training, key, use_kernel, where)
     x = check_input(x, where, min_ndim=0)
-    return _alpha_dropout(x, p, training, key, list(x.shape), None, use_kernel, where)
+    return _alpha_dropout(x, p, training, key, None, use_kernel, where)
 
 
 def _check_options(
@@ -134,26 +150,107 @@ def _alpha_dropout(
     p: float,
     training: bool,
     key: mx.array | None,
-    mask_shape: list[int],
     channel_axis: int | None,
     use_kernel: bool | None,
     where: str,
 ) -> mx.array:
     """Shared body of both functions, after validation.
 
-    ``channel_axis`` is None for the element-wise variant (``mask_shape == x.shape``).
+    ``channel_axis`` is None for the element-wise variant.
     """
     if not training or p == 0.0 or x.size == 0:
         return x
     if p == 1.0:
         return mx.zeros_like(x)
+    if channel_axis is not None and x.size == x.shape[0] * x.shape[channel_axis]:
+        # A channel-wise mask as large as x, as for (N, C) input, is an element-wise one
+        # (the same bits in the same order), and the element-wise pass is the faster one.
+        channel_axis = None
+    constants = _constants(p, x.dtype)
     # Resolved only when a kernel would run: a model configured with use_kernel=True still
     # runs in eval mode on a machine without a GPU.
-    kernel = _kernels.use_kernel_for(use_kernel, x, where)
-    keep = mx.random.bernoulli(1.0 - p, mask_shape, key=key)
-    if kernel:
-        return _kernels.masked_affine(x, keep, *alpha_dropout_coefficients(p), channel_axis)
-    return _masked_affine(x, keep, p)
+    if _kernels.use_kernel_for(use_kernel, x, where):
+        return _kernel_path(x, key, constants, channel_axis)
+    # One compiled call draws the mask, derives the per-unit scale and makes the pass over x.
+    if key is None:
+        return _global_forward()(x, *constants.arrays, channel_axis)
+    return _keyed_forward(x, key, *constants.arrays, channel_axis)
+
+
+# ---- the mask ---------------------------------------------------------------------------
+
+
+def _random_bits(key: mx.array, size: int) -> mx.array:
+    """``size`` uniform random 16-bit integers (uint16, not yet shaped): a pure function of key.
+
+    MLX's Python API has no raw-bits function, but ``mx.random.split(key, m)`` is one: its
+    ``m`` sub-keys are ``2 * m`` uint32 drawn from the counter-based generator (threefry),
+    viewed here as ``4 * m`` uint16. MLX hashes once per 8 output bytes whatever the width,
+    so 16 bits per unit cost half of the 32 that ``mx.random.bernoulli`` draws. The result is
+    ``(size / 4, 4)`` when ``size`` is a multiple of 4, else flat: callers reshape it.
+    """
+    bits = mx.random.split(key, (size + 3) // 4).view(mx.uint16)
+    return bits if bits.size == size else bits.reshape(-1)[:size]
+
+
+def _global_key() -> mx.array:
+    """A fresh key from MLX's global generator, advancing it as every ``mx.random`` call does.
+
+    MLX hands a call without a key the second half of ``split(state)`` and keeps the first
+    half as the new state. Python cannot write the state, so an empty draw advances it, and
+    the key that draw consumed (and did not use) is recomputed from the old state with the
+    same operations, which ``mx.compile`` merges with the draw's own.
+    """
+    state: mx.array = mx.random.state[0]  # type: ignore[index]  # typed as a plain object
+    mx.random.uniform(shape=(0,))
+    return mx.split(mx.random.split(state), 2)[1].reshape(2)
+
+
+def _mask_shape(shape: Sequence[int], channel_axis: int | None) -> list[int]:
+    if channel_axis is None:
+        return list(shape)
+    mask_shape = [1] * len(shape)
+    mask_shape[0] = shape[0]
+    mask_shape[channel_axis] = shape[channel_axis]
+    return mask_shape
+
+
+def _kernel_path(
+    x: mx.array, key: mx.array | None, constants: _Constants, channel_axis: int | None
+) -> mx.array:
+    """The fused kernel, on the mask the ops path draws for the same key or generator state."""
+    mask_shape = _mask_shape(x.shape, channel_axis)
+    bits = _random_bits(_global_key() if key is None else key, math.prod(mask_shape))
+    keep = (bits >= constants.arrays[0]).reshape(mask_shape)
+    scale, _, dropped = constants.coefficients
+    return _kernels.masked_affine(x, keep, scale, SELU_SATURATION, dropped, channel_axis)
+
+
+# ---- the ops path -----------------------------------------------------------------------
+
+
+class _Constants(NamedTuple):
+    """Everything a call needs from ``(p, dtype)``, built once per pair."""
+
+    #: ``(threshold, a, alpha', d)``: the uint16 threshold, the rest in the compute dtype.
+    arrays: tuple[mx.array, mx.array, mx.array, mx.array]
+    #: ``(a, b, d)`` in double precision, for the probability the mask realizes.
+    coefficients: AlphaDropoutCoefficients
+
+
+@lru_cache(maxsize=256)
+def _constants(p: float, dtype: mx.Dtype) -> _Constants:
+    threshold = drop_threshold(p)
+    coefficients = alpha_dropout_coefficients(threshold / MASK_LEVELS)
+    compute = _compute_dtype(dtype)
+    arrays = (
+        mx.array(threshold, mx.uint16),
+        mx.array(coefficients.scale, compute),
+        mx.array(SELU_SATURATION, compute),
+        mx.array(coefficients.dropped, compute),
+    )
+    mx.eval(arrays)
+    return _Constants(arrays, coefficients)
 
 
 def _compute_dtype(dtype: mx.Dtype) -> mx.Dtype:
@@ -162,50 +259,95 @@ def _compute_dtype(dtype: mx.Dtype) -> mx.Dtype:
     return mx.float64 if dtype == mx.float64 else mx.float32
 
 
-def _masked_affine(x: mx.array, keep: mx.array, p: float) -> mx.array:
-    """``a * x + b`` where ``keep`` is true, ``a * alpha' + b`` elsewhere, in one pass over x."""
-    coefficients = alpha_dropout_coefficients(p)
-    compute = _compute_dtype(x.dtype)
-    scale, shift, dropped = (mx.array(value, compute) for value in coefficients)
-    if keep.size == x.size:
-        # Element-wise: one fused pass reads x and the mask together.
-        return _fused_masked_affine(x, keep, scale, shift, dropped)
-    # Channel-wise: per-(sample, channel) scale and shift come from the small mask, so the
-    # pass over x is a single broadcast multiply-add.
-    unit = _small_unit_affine(keep, scale, shift, dropped)
-    return _affine(x, unit[0], unit[1])
-
-
-def _unit_affine(
-    keep: mx.array, scale: mx.array, shift: mx.array, dropped: mx.array
-) -> tuple[mx.array, mx.array]:
-    """Per-unit ``(scale, shift)``: ``(a, b)`` where kept, ``(0, a * alpha' + b)`` where dropped."""
-    # Arithmetic instead of mx.where: MLX's CPU select is many times slower than a
-    # multiply-add, and with keep in {0, 1} both forms give the same values exactly.
-    kept = keep.astype(scale.dtype)
-    return kept * scale, kept * shift + (1.0 - kept) * dropped
-
-
-def _affine_body(x: mx.array, scale: mx.array, shift: mx.array) -> mx.array:
-    return (x.astype(scale.dtype) * scale + shift).astype(x.dtype)
-
-
-@mx.compile
-def _small_unit_affine(
-    keep: mx.array, scale: mx.array, shift: mx.array, dropped: mx.array
+def _forward(
+    x: mx.array,
+    key: mx.array,
+    threshold: mx.array,
+    scale: mx.array,
+    saturation: mx.array,
+    dropped: mx.array,
+    channel_axis: int | None,
 ) -> mx.array:
-    """``_unit_affine`` on the small channel-wise mask, stacked: shape ``(2, *keep.shape)``."""
-    # mx.stack is not elementwise, so inside a caller's mx.compile it keeps the mask draw and
-    # this arithmetic out of the fused pass over x, which would otherwise redo them for every
-    # element (measured 6x the cost of one pass, against 1.2-1.5x eagerly).
-    return mx.stack(list(_unit_affine(keep, scale, shift, dropped)))
+    """The whole ops path of one call: draw the mask, derive the per-unit scale, one pass."""
+    if channel_axis is None:
+        # Element-wise: comparing uint16 bits with a scalar and selecting a or 0 fuse into
+        # the pass over x at next to no cost.
+        bits = _random_bits(key, x.size).reshape(x.shape)
+        unit_scale = mx.where(bits >= threshold, scale, 0.0)
+    else:
+        # Channel-wise: the scale is computed on the small mask before it is reshaped to
+        # (N, 1, ..., C, ..., 1). The reshape is not element-wise, so it keeps this arithmetic
+        # out of the pass over x, where it would be redone per element (measured 2.2x).
+        mask_shape = _mask_shape(x.shape, channel_axis)
+        bits = _random_bits(key, math.prod(mask_shape))
+        unit_scale = mx.where(bits >= threshold, scale, 0.0).reshape(mask_shape)
+    if x.dtype == mx.bfloat16:
+        return cast(mx.array, _bfloat16_masked_affine(x, unit_scale, saturation, dropped))
+    return _masked_affine(x, unit_scale, saturation, dropped)
 
 
-_affine = mx.compile(_affine_body)
+_keyed_forward = mx.compile(_forward)
 
 
-@mx.compile
-def _fused_masked_affine(
-    x: mx.array, keep: mx.array, scale: mx.array, shift: mx.array, dropped: mx.array
+def _forward_from_global_generator(
+    x: mx.array,
+    threshold: mx.array,
+    scale: mx.array,
+    saturation: mx.array,
+    dropped: mx.array,
+    channel_axis: int | None,
 ) -> mx.array:
-    return _affine_body(x, *_unit_affine(keep, scale, shift, dropped))
+    return _forward(x, _global_key(), threshold, scale, saturation, dropped, channel_axis)
+
+
+@cache
+def _global_forward() -> Callable[..., mx.array]:
+    """``_forward`` on a key from the global generator, compiled with the generator's state.
+
+    Built on first use: reading ``mx.random.state`` creates the generator's key.
+    """
+    random_state = [mx.random.state]
+    compiled = mx.compile(_forward_from_global_generator, inputs=random_state, outputs=random_state)
+    return cast(Callable[..., mx.array], compiled)
+
+
+def _masked_affine(
+    x: mx.array, unit_scale: mx.array, saturation: mx.array, dropped: mx.array
+) -> mx.array:
+    """``(x - alpha') * s + d`` with ``s = a`` for kept units and ``0`` for dropped ones.
+
+    Kept: ``a * (x - alpha') + a * alpha' * (1 - p) = a * x + b``; dropped: ``d``. One
+    per-unit operand instead of a per-unit scale and shift: MLX's CPU backend vectorizes this
+    broadcast pass and not the two-operand one. Its derivative is ``s``: for float32 and
+    float64 the VJP MLX derives is the single multiply ``cotangent * s``.
+    """
+    compute = unit_scale.dtype
+    return ((x.astype(compute) - saturation) * unit_scale + dropped).astype(x.dtype)
+
+
+# For bfloat16 the derived VJP casts the cotangent to float32, multiplies and casts back: three
+# passes, and MLX runs a VJP rule outside mx.compile. This one is a single bfloat16 multiply
+# by s rounded to bfloat16 (the product of two bfloat16 values is exact in float32, so dx is
+# that product rounded once). float16 keeps the derived rule: there the three float32 passes
+# cost about what one float16 multiply does on a CPU without half-precision arithmetic.
+_bfloat16_masked_affine = mx.custom_function(_masked_affine)
+
+
+@_bfloat16_masked_affine.vjp
+def _bfloat16_masked_affine_vjp(
+    primals: tuple[mx.array, ...], cotangent: mx.array, output: mx.array
+) -> tuple[mx.array, ...]:
+    _, unit_scale, saturation, dropped = primals
+    dx = cotangent * unit_scale.astype(cotangent.dtype)
+    # The per-unit scale and the constants are not differentiable inputs.
+    return dx, mx.zeros_like(unit_scale), mx.zeros_like(saturation), mx.zeros_like(dropped)
+
+
+@_bfloat16_masked_affine.jvp
+def _bfloat16_masked_affine_jvp(
+    primals: tuple[mx.array, ...], tangents: tuple[mx.array | None, ...]
+) -> mx.array:
+    x, unit_scale, _, _ = primals
+    if tangents[0] is None:
+        return mx.zeros_like(x)
+    return tangents[0] * unit_scale.astype(tangents[0].dtype)

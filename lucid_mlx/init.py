@@ -63,6 +63,12 @@ def lecun_normal(dtype: mx.Dtype = mx.float32) -> Callable[..., mx.array]:
         )
 
     def initializer(a: mx.array, key: mx.array | None = None) -> mx.array:
+        if not isinstance(a, mx.array):
+            # Like mlx.nn.init's initializers, it takes the array it replaces (for its shape).
+            raise TypeError(
+                f"[lecun_normal] 'a' must be an mlx.core.array (the array to replace) but got"
+                f" {type(a).__name__}."
+            )
         key = check_key(key, "lecun_normal")
         std = 1.0 / math.sqrt(fan_in(a.shape))
         return mx.random.normal(a.shape, dtype=dtype, scale=std, key=key)

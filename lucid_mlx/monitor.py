@@ -59,15 +59,21 @@ def layer_statistics(
                 f"[layer_statistics] every layer must be callable but layer {index} is"
                 f" {type(layer).__name__}."
             )
-        x = layer(x)
-        values = x.astype(mx.float32)
-        mean, variance = mx.mean(values), mx.var(values)
-        mx.eval(x, mean, variance)
         name = (
             type(layer).__name__
             if isinstance(layer, nn.Module)
             else getattr(layer, "__name__", type(layer).__name__)
         )
+        output = layer(x)
+        if not isinstance(output, mx.array):
+            raise TypeError(
+                f"[layer_statistics] every layer must return an mlx.core.array but layer"
+                f" {index} ({name}) returned {type(output).__name__}."
+            )
+        x = output
+        values = x.astype(mx.float32)
+        mean, variance = mx.mean(values), mx.var(values)
+        mx.eval(x, mean, variance)
         statistics.append(
             LayerStatistics(index, name, cast(float, mean.item()), cast(float, variance.item()))
         )

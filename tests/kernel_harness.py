@@ -90,7 +90,7 @@ _BITS = {1: mx.uint8, 2: mx.uint16, 4: mx.uint32, 8: mx.uint64}
 #: instantiation, and clang before 15 has no _Float16 on x86; Apple's ``g++`` is clang.)
 CXX = "g++"
 GXX_FLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror")
-#: No contraction: ``x * scale + shift`` rounds the product and the sum, like MLX's CPU ops.
+#: No contraction: ``(x - alpha') * a + d`` rounds each operation, like MLX's CPU ops.
 EXACT = ("-ffp-contract=off",)
 #: Contraction on, as nvcc does by default on the GPU (``fma.rn.f32``). x86-64 needs FMA
 #: enabled explicitly; AArch64 always has it.
@@ -539,7 +539,9 @@ def imitate_masked_affine(inputs: Sequence[mx.array], dtype: mx.Dtype) -> mx.arr
     elem = np.arange(size, dtype=np.int64)
     unit = (elem // per_sample) * channels + (elem // inner) % channels
     kept = mx.take(keep, mx.array(unit.astype(np.int32)))
-    values = x.reshape(-1).astype(mx.float32) * coefficients[0] + coefficients[1]
+    values = (x.reshape(-1).astype(mx.float32) - coefficients[1]) * coefficients[0] + coefficients[
+        2
+    ]
     return mx.where(kept, values, coefficients[2]).astype(dtype)
 
 

@@ -42,6 +42,18 @@ def coefficients(p: float) -> tuple[float, float, float]:
     return a, b, dropped
 
 
+def used_probability(p: float) -> float:
+    """The drop probability lucid_mlx's masks realize for ``p`` in ``(0, 1)``.
+
+    Each unit draws 16 uniform random bits ``r`` and is dropped when ``r < t``, with ``t`` the
+    nearest integer to ``p * 2**16`` kept within ``[1, 2**16 - 1]``; so the probability is
+    exactly ``t / 2**16``.
+    """
+    levels = 2**16
+    threshold = min(max(round(p * levels), 1), levels - 1)
+    return threshold / levels
+
+
 def to_numpy(x: mx.array) -> np.ndarray:
     """float64 copy of an MLX array of any float dtype (numpy has no bfloat16)."""
     if x.dtype == mx.float64:
@@ -77,6 +89,7 @@ def recover_keep(
     mask_axes: Sequence[int] | None,
     *,
     exact_dropped: bool = True,
+    quantized: bool = True,
 ) -> np.ndarray:
     """Recover the keep mask from ``y = alpha_dropout(x)`` and check every element.
 
@@ -86,18 +99,26 @@ def recover_keep(
     axis for the element-wise one); every slice along the others must be all kept or all
     dropped. Returns the boolean mask with singleton axes where it is broadcast.
 
-    ``exact_dropped=False`` accepts a dropped value a few float32 roundings off, for outputs
-    of other libraries that compute it with other float32 operations.
+    ``a`` and ``b`` are those of :func:`used_probability` (``quantized=False``: of ``p``
+    itself, for outputs of other libraries, which use ``p`` as given). ``exact_dropped=False``
+    accepts a dropped value a few float32 roundings off, for outputs of other libraries that
+    compute it with other float32 operations.
     """
     assert y.shape == x.shape
     assert y.dtype == x.dtype
-    a, b, dropped = coefficients(p)
+    a, b, dropped = coefficients(used_probability(p) if quantized else p)
     xs, ys = to_numpy(x), to_numpy(y)
     kept_value = a * xs + b
     u = UNIT_ROUNDOFF[x.dtype]
-    # Computed in float32, stored once in the dtype: one rounding of the dtype plus a few of
-    # float32 on a, b, the product and the sum.
-    err = u * np.abs(kept_value) + 4 * 2.0**-24 * (np.abs(a * xs) + abs(b))
+    # lucid_mlx computes a kept unit as ((x - alpha') * a + d) in float32 from float32-rounded
+    # alpha', a and d, then rounds once to the dtype. Each of those six roundings moves the
+    # result by at most 2**-24 times the size of what it rounds, so to first order the float32
+    # value is within 2**-24 * (3a|x - alpha'| + a|alpha'| + |d| + |a x + b|) of a x + b
+    # (other libraries' a x + b is within that bound too); storing in the dtype adds u|y|.
+    # Twice that covers the second-order terms.
+    err = u * np.abs(kept_value) + 2.0**-24 * (
+        3 * a * np.abs(xs - ALPHA_PRIME) + a * abs(ALPHA_PRIME) + abs(dropped) + np.abs(kept_value)
+    )
     tolerance = 2 * err + SUBNORMAL_SPACING[x.dtype]
     is_kept = np.abs(ys - kept_value) <= tolerance
     if exact_dropped:

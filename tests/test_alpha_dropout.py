@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from lucid_mlx import alpha_dropout
-from tests.reference import FLOAT_DTYPES, coefficients, normal_input, recover_keep, to_numpy
+from tests.reference import (
+    FLOAT_DTYPES,
+    coefficients,
+    normal_input,
+    recover_keep,
+    to_numpy,
+    used_probability,
+)
 
 
 @pytest.mark.parametrize("shape", [(), (7,), (16, 33), (4, 5, 6, 7)])
@@ -50,7 +57,7 @@ def test_gradient_is_a_times_keep_exactly():
     key = mx.random.key(5)
     (y,), (dx,) = mx.vjp(lambda x: alpha_dropout(x, 0.2, key=key), [x], [cotangent])
     keep = recover_keep(x, y, 0.2, None)
-    a32 = np.float32(coefficients(0.2)[0])
+    a32 = np.float32(coefficients(used_probability(0.2))[0])
     np.testing.assert_array_equal(np.array(dx), np.where(keep, np.array(cotangent) * a32, 0))
 
 
@@ -59,4 +66,4 @@ def test_matches_pytorch_on_its_own_masks():
     x = normal_input((64, 64), seed=6)
     torch.manual_seed(0)
     y = torch.nn.functional.alpha_dropout(torch.from_numpy(np.array(x)), p=0.3, training=True)
-    recover_keep(x, mx.array(y.numpy()), 0.3, None, exact_dropped=False)
+    recover_keep(x, mx.array(y.numpy()), 0.3, None, exact_dropped=False, quantized=False)

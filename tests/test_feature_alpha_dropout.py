@@ -16,6 +16,7 @@ from tests.reference import (
     normal_input,
     recover_keep,
     to_numpy,
+    used_probability,
 )
 
 # (shape, channel_axis): every layout the issue names, channels-last and PyTorch-style.
@@ -77,14 +78,14 @@ def test_p_one_gives_zeros_of_same_shape_and_dtype(dtype):
 
 @pytest.mark.parametrize("p", [0.99, 0.9999, 0.999999])
 def test_output_tends_to_zero_as_p_tends_to_one(p):
-    # p == 1 returns the limit of the map, so the output is continuous in p: the dropped
-    # value a * alpha' * (1 - p) shrinks like sqrt(1 - p).
+    # p == 1 returns the limit of the map: the dropped value a * alpha' * (1 - p) shrinks like
+    # sqrt(1 - p), down to the mask's resolution (the probability used stops at 1 - 2**-16).
     x = normal_input((64, 4, 4, 64), seed=7)
     y = to_numpy(feature_alpha_dropout(x, p, key=mx.random.key(4)))
     keep = recover_keep(x, feature_alpha_dropout(x, p, key=mx.random.key(4)), p, (0, 3))
     dropped = y[np.broadcast_to(~keep, y.shape)]
     assert dropped.size > 0
-    assert np.abs(dropped).max() < 2 * (1 - p) ** 0.5
+    assert np.abs(dropped).max() < 2 * (1 - used_probability(p)) ** 0.5
 
 
 @pytest.mark.parametrize("shape", [(0, 4), (4, 0), (0, 3, 3, 8), (2, 3, 0, 8)])
@@ -159,7 +160,7 @@ def test_gradient_is_a_times_keep_exactly(shape, channel_axis):
 
     (y,), (dx,) = mx.vjp(f, [x], [cotangent])
     keep = recover_keep(x, y, p, feature_mask_axes(x.ndim, channel_axis))
-    a32 = np.float32(coefficients(p)[0])
+    a32 = np.float32(coefficients(used_probability(p))[0])
     expected = np.where(keep, np.array(cotangent) * a32, np.float32(0))
     assert dx.dtype == mx.float32
     np.testing.assert_array_equal(np.array(dx), expected)
@@ -186,5 +187,39 @@ def test_matches_pytorch_on_its_own_masks():
     y = torch.nn.functional.feature_alpha_dropout(
         torch.from_numpy(np.array(x)), p=0.3, training=True
     )
-    keep = recover_keep(x, mx.array(y.numpy()), 0.3, (0, 1), exact_dropped=False)
+    keep = recover_keep(x, mx.array(y.numpy()), 0.3, (0, 1), exact_dropped=False, quantized=False)
     assert 0 < keep.sum() < keep.size
+
+
+def test_non_finite_input():
+    # Kept units follow a * x + b (inf stays inf, NaN stays NaN). A dropped unit is
+    # (x - alpha') * 0 + d on the ops path, which is NaN where x is infinite or NaN, as in
+    # PyTorch (documented; the GPU kernel writes d there, see test_kernels).
+    x = np.array(normal_input((16, 5, 32), seed=9))
+    x[:, 0, :] = np.inf
+    x[:, 1, :] = -np.inf
+    x[:, 2, :] = np.nan
+    key = mx.random.key(6)
+    y = np.array(feature_alpha_dropout(mx.array(x), 0.5, key=key, channel_axis=-1))
+    finite = slice(3, None)
+    keep = recover_keep(mx.array(x[:, finite]), mx.array(y[:, finite]), 0.5, (0, 2))[:, 0, :]
+    assert 0 < keep.sum() < keep.size
+    np.testing.assert_array_equal(y[:, 0, :], np.where(keep, np.inf, np.nan))
+    np.testing.assert_array_equal(y[:, 1, :], np.where(keep, -np.inf, np.nan))
+    assert np.isnan(y[:, 2, :]).all()
+
+
+@pytest.mark.parametrize("p", [1 - 1e-10, 1 - 2**-52])
+def test_float16_stays_finite_as_p_tends_to_one(p):
+    # The probability used stops at 1 - 2**-16, where a = 126.6 and b = 222.5: a kept unit
+    # of float16 overflows only where |x| > 515, as under any scaling (before the 16-bit
+    # threshold, b passed float16's 65504 once 1 - p < 1.8e-10).
+    a, b, _ = coefficients(used_probability(p))
+    assert a < 127
+    assert b < 223
+    assert a * 515 + b < 65504
+    x = normal_input((1024, 1024), dtype=mx.float16, seed=10)
+    y = feature_alpha_dropout(x, p, key=mx.random.key(11))
+    assert np.isfinite(to_numpy(y)).all()
+    keep = recover_keep(x, y, p, (0, 1))
+    assert 0 < keep.sum() < 64  # 2**20 draws at probability 2**-16 of keeping: about 16 kept

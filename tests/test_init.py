@@ -53,6 +53,17 @@ def test_lecun_normal_needs_a_float_dtype(dtype):
         lecun_normal(dtype)
 
 
+@pytest.mark.parametrize(
+    ("a", "received"), [([[0.0, 0.0], [0.0, 0.0]], "list"), ((64, 32), "tuple"), (None, "NoneType")]
+)
+def test_lecun_normal_initializer_needs_an_array(a, received):
+    with pytest.raises(
+        TypeError,
+        match=rf"\[lecun_normal\] 'a' must be an mlx\.core\.array .* but got {received}\.",
+    ):
+        lecun_normal()(a)
+
+
 def test_bad_keys_are_named():
     with pytest.raises(TypeError, match=r"\[selu_init\] 'key' must be None or a PRNG key"):
         selu_init(nn.Linear(2, 2), key=3)

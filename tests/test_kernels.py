@@ -13,7 +13,8 @@ Three ways to run the kernel path (the ``kernel_mode`` fixture):
   body in MLX ops. Every harness-mode test must run the real body at least once.
 - ``gpu`` (marked ``gpu``; ``pytest -m gpu`` selects them): the real Metal or CUDA kernel.
   Skipped, with the reason, where MLX has no GPU kernel backend. A GPU compiler contracts
-  ``x * a + b`` into a fused multiply-add, so there values agree to a derived tolerance.
+  ``(x - alpha') * a + d`` into a fused multiply-add, so there values agree to a derived
+  tolerance.
 """
 
 from __future__ import annotations
@@ -41,7 +42,15 @@ from lucid_mlx import (
     feature_alpha_dropout,
 )
 from tests import kernel_harness as harness
-from tests.reference import FLOAT_DTYPES, UNIT_ROUNDOFF, normal_input, to_numpy
+from tests.reference import (
+    FLOAT_DTYPES,
+    UNIT_ROUNDOFF,
+    coefficients,
+    normal_input,
+    rounded,
+    to_numpy,
+    used_probability,
+)
 
 HAS_GPU_KERNEL = _kernels.gpu_backend() is not None and mx.default_device() == mx.gpu
 NO_GPU_REASON = (
@@ -140,9 +149,10 @@ def _assert_same(actual: mx.array, expected: mx.array, mode: KernelMode) -> None
 
 
 def _assert_close(actual: mx.array, expected: mx.array) -> None:
-    # A fused multiply-add rounds once where the ops path rounds twice: the float32 results
-    # differ by at most 2**-24 |a x| + 2**-23 |y| (first order), and |a x| <= |y| + |b| with
-    # |b| < 1 for the p used in these tests; rounding to a half type adds one of its ulps.
+    # A fused multiply-add in (x - alpha') * a + d rounds once where the ops path rounds twice:
+    # the float32 results differ by at most 2**-24 |(x - alpha') a| + 2**-23 |y| (first
+    # order), and |(x - alpha') a| <= |y| + |d| with |d| <= |alpha'| < 2 for every p; rounding
+    # to a half type adds one of its ulps.
     a, e = to_numpy(actual), to_numpy(expected)
     tolerance = 2 * UNIT_ROUNDOFF[actual.dtype] * np.abs(e) + 2.0**-23 * (1 + 2 * np.abs(e))
     assert np.all(np.abs(a - e) <= tolerance), np.max(np.abs(a - e))
@@ -256,6 +266,36 @@ def test_modules_pass_use_kernel_through(kernel_mode):
     _assert_same(AlphaDropout(0.2, use_kernel=True)(x, key), AlphaDropout(0.2)(x, key), kernel_mode)
 
 
+def test_kernel_takes_the_global_generators_mask(kernel_mode):
+    # Without a key both paths draw with the key MLX hands out and advance the state alike.
+    x = normal_input((8, 3, 3, 16), seed=12)
+    for dropout in (feature_alpha_dropout, alpha_dropout):
+        mx.random.seed(4)
+        kernel = dropout(x, 0.3, use_kernel=True)
+        kernel_next = mx.random.uniform(shape=(2,))
+        mx.random.seed(4)
+        ops = dropout(x, 0.3, use_kernel=False)
+        _assert_same(kernel, ops, kernel_mode)
+        assert mx.array_equal(kernel_next, mx.random.uniform(shape=(2,)))
+
+
+def test_kernel_writes_the_dropped_value_whatever_x_holds(kernel_mode):
+    # The kernel selects d for a dropped unit; the ops path computes (x - alpha') * 0 + d,
+    # NaN for an infinite or NaN x (README documents the difference). Kept units agree.
+    x = np.array(normal_input((16, 4, 24), seed=13))
+    x[:, 0, :], x[:, 1, :], x[:, 2, :] = np.inf, -np.inf, np.nan
+    key = mx.random.key(14)
+    kernel = to_numpy(feature_alpha_dropout(mx.array(x), 0.5, key=key, use_kernel=True))
+    ops = to_numpy(feature_alpha_dropout(mx.array(x), 0.5, key=key, use_kernel=False))
+    dropped_value = rounded(coefficients(used_probability(0.5))[2], mx.float32)
+    dropped = kernel[:, 3:4, :] == dropped_value
+    assert 0 < dropped.sum() < dropped.size
+    assert (kernel[:, :3, :][np.broadcast_to(dropped, (16, 3, 24))] == dropped_value).all()
+    assert np.isnan(ops[:, :3, :][np.broadcast_to(dropped, (16, 3, 24))]).all()
+    kept = np.broadcast_to(~dropped, x.shape)
+    np.testing.assert_array_equal(kernel[kept], ops[kept])
+
+
 # ---- the kernel sources compiled: nvcc (CUDA), g++ with contraction, planted defects ------
 
 
@@ -365,7 +405,7 @@ def test_the_cuda_unit_is_what_mlx_builds():
 
 
 def test_nvcc_contracts_the_multiply_add(cuda_builds):
-    """On the GPU, nvcc fuses ``x * a + b``: why GPU results are compared with a tolerance."""
+    """On the GPU, nvcc fuses the multiply-add: why GPU results are compared with a tolerance."""
     _need("nvcc")
     ptx = cuda_builds["nvcc", "sm_90a", "ptx"].result()
     assert re.search(r"\bfma\.rn\.f32\b", ptx), ptx

@@ -37,6 +37,18 @@ def test_rejects_bad_arguments():
         layer_statistics([nn.Identity(), 3], mx.zeros(3))
 
 
+@pytest.mark.parametrize(
+    ("layer", "returned"), [(lambda v: (v, v), "tuple"), (lambda v: None, "NoneType")]
+)
+def test_a_layer_that_does_not_return_an_array_is_named(layer, returned):
+    with pytest.raises(
+        TypeError,
+        match=rf"\[layer_statistics\] every layer must return an mlx\.core\.array but layer 1"
+        rf" \(<lambda>\) returned {returned}\.",
+    ):
+        layer_statistics([nn.Identity(), layer], mx.zeros(3))
+
+
 def _selu_stack(depth: int, channels: int, dropout: nn.Module, seed: int) -> nn.Sequential:
     blocks: list[nn.Module] = []
     for _ in range(depth):
