@@ -539,10 +539,9 @@ def imitate_masked_affine(inputs: Sequence[mx.array], dtype: mx.Dtype) -> mx.arr
     elem = np.arange(size, dtype=np.int64)
     unit = (elem // per_sample) * channels + (elem // inner) % channels
     kept = mx.take(keep, mx.array(unit.astype(np.int32)))
-    values = (x.reshape(-1).astype(mx.float32) - coefficients[1]) * coefficients[0] + coefficients[
-        2
-    ]
-    return mx.where(kept, values, coefficients[2]).astype(dtype)
+    scale, saturation, dropped = coefficients[0], coefficients[1], coefficients[2]
+    values = (x.reshape(-1).astype(mx.float32) - saturation) * scale + dropped
+    return mx.where(kept, values, dropped).astype(dtype)
 
 
 class HarnessKernel:
