@@ -54,7 +54,7 @@ P = 0.2
 DEFAULT_SHAPES = Shapes([(32, 56, 56, 64), (64, 28, 28, 128), (128, 14, 14, 256)])
 DEFAULT_SMALL_SHAPES = Shapes([(32, 8, 8, 16), (128, 8, 8, 32)])
 
-# The targets of issue 8 (ratios to the floor of the same dtype; see README).
+# The project's performance targets: ratios to the floor of the same dtype (docs/performance.md).
 FEATURE_FORWARD = 1.2
 FEATURE_BACKWARD = 1.15
 HALF_BACKWARD = 1.3
@@ -388,7 +388,7 @@ def report(shape: tuple[int, ...], repeats: int, skipped: dict[str, str]) -> lis
         f"peak <= {ELEMENT_PEAK}x output": [check("", memory[ELEMENT] / output_mib, ELEMENT_PEAK)],
     }
     missed = []
-    print("targets:")
+    print("performance targets:")
     for label, results in checks.items():
         met = all(ok for _, ok in results)
         figures = ", ".join(text.strip() for text, _ in results)
@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
     for what, why in skipped.items():
         print(f"skipped: {what}: {why}")
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    print(f"load average {load} at end; targets missed: {len(missed)}")
+    print(f"load average {load} at end; performance targets missed: {len(missed)}")
     for line in missed:
         print(f"  MISSED {line}")
 

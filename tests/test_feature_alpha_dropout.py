@@ -19,7 +19,7 @@ from tests.reference import (
     used_probability,
 )
 
-# (shape, channel_axis): every layout the issue names, channels-last and PyTorch-style.
+# (shape, channel_axis): every layout the package supports, channels-last and PyTorch-style.
 LAYOUTS = [
     ((64, 32), -1),  # (N, C): one element per slice, i.e. element-wise
     ((8, 17, 12), -1),  # (N, L, C)
