@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -76,6 +77,30 @@ def nonzero_dropout_probability(text: str) -> float:
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be a probability in (0, 1) but got {text!r}")
     return value
+
+
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def figure_path(text: str) -> Path:
+    """Where to save a figure: a .png, .pdf or .svg file whose existing folders are folders.
+
+    Missing folders are created when the figure is saved; a path through an existing file
+    (``afile/x.png``) or onto a folder is refused here, before any work is done.
+    """
+    path = Path(text)
+    if path.suffix.lower() not in FIGURE_SUFFIXES:
+        raise argparse.ArgumentTypeError(
+            f"must be a file name ending in {', '.join(FIGURE_SUFFIXES)} but got {text!r}"
+        )
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"must be a file name, not a folder, but got {text!r}")
+    existing = next(parent for parent in path.parents if parent.exists())
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"must be inside a folder but {str(existing)!r} is a file (in {text!r})"
+        )
+    return path
 
 
 def comma_list(item: Callable[[str], T], name: str) -> Callable[[str], list[T]]:

@@ -57,7 +57,7 @@ def main() -> int:
         description=__doc__.split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--epochs", type=positive_int, default=20)
+    parser.add_argument("--epochs", type=positive_int, default=20, help="passes over each shard")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="per rank")
     parser.add_argument(
         "--lr", type=positive_float, default=2e-3, help="initial Adam learning rate"
@@ -65,7 +65,9 @@ def main() -> int:
     parser.add_argument(
         "--p", type=dropout_probability, default=0.1, help="dropout probability, in [0, 1)"
     )
-    parser.add_argument("--seed", type=random_seed, default=0)
+    parser.add_argument(
+        "--seed", type=random_seed, default=0, help="seeds the model and the data split"
+    )
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU exists")
     parser.add_argument(
         "--same-dropout-seed",

@@ -127,6 +127,13 @@ BAD_FLAGS = [
     ("train_distributed.py", "--batch-size 0", "must be a positive integer but got '0'"),
     ("self_normalization.py", "--p 1", "must be a probability in [0, 1) but got '1'"),
     ("self_normalization.py", "--depth two", "must be a positive integer but got 'two'"),
+    ("self_normalization.py", "--plot out.txt",
+     "must be a file name ending in .png, .pdf, .svg but got 'out.txt'"),
+    ("self_normalization.py", "--plot pyproject.toml/x.png",
+     "must be inside a folder but 'pyproject.toml' is a file (in 'pyproject.toml/x.png')"),
+    ("self_normalization.py", "--plot tests", "must be a file name ending in .png, .pdf, .svg"
+     " but got 'tests'"),
+    ("self_normalization.py", "--plot x.png --no-plot", "not allowed with argument --plot"),
     ("depth_study.py", "--depths 4,0",
      "every item must be a positive integer but got '0' (in '4,0')"),
     ("depth_study.py", "--p 0", "every item must be a probability in (0, 1) but got '0' (in '0')"),
@@ -142,7 +149,8 @@ BAD_FLAGS = [
 def test_bad_flag_is_a_one_line_argparse_error(script, flags, message):
     args = flags.split()
     result = subprocess.run([sys.executable, str(EXAMPLES / script), *args],
-                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+                            capture_output=True, text=True, timeout=60, check=False,
+                            cwd=EXAMPLES.parent)  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
@@ -200,3 +208,14 @@ def test_cli_comma_list():
     for text in ("", "4,", "4,x", "4,4"):
         with pytest.raises(argparse.ArgumentTypeError):
             depths(text)
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("[!_]*.py")))
+def test_help_shows_every_default(script):
+    result = subprocess.run([sys.executable, str(EXAMPLES / script), "--help"],
+                            capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    options = result.stdout.split("options:", 1)[1]
+    # One entry per option: its first line starts with "  -", continuations are indented more.
+    entries = re.split(r"\n(?=  -)", options.strip("\n"))
+    missing = [e.split()[0] for e in entries if "-h, --help" not in e and "default" not in e]
+    assert not missing, f"{script} --help shows no default for {missing}"
