@@ -7,9 +7,9 @@ try:
 except ImportError as error:
     raise ImportError(
         f"[lucid_mlx] MLX could not be imported ({error}). On Linux, MLX needs a backend"
-        ' extra: pip install "lucid_mlx[cpu]" for the CPU, or "lucid_mlx[cuda12]" or'
-        ' "lucid_mlx[cuda13]" for NVIDIA GPUs. On macOS (Apple silicon), plain mlx'
-        " includes Metal: pip install mlx."
+        ' package: pip install "mlx[cpu]" for the CPU, or "mlx[cuda12]" or "mlx[cuda13]"'
+        ' for NVIDIA GPUs (from a clone of lucid_mlx: pip install -e ".[cpu]").'
+        " On macOS (Apple silicon), plain mlx includes Metal: pip install mlx."
     ) from error
 
 from lucid_mlx import init

@@ -79,7 +79,7 @@ def _check_missing_backend_message(result: subprocess.CompletedProcess[str]) -> 
     assert reported is not None, "import lucid_mlx succeeded without libmlx"
     message, cause, chained = reported
     assert message.startswith("[lucid_mlx] MLX could not be imported (libmlx.so: cannot open")
-    for fix in ('pip install "lucid_mlx[cpu]"', '"lucid_mlx[cuda12]"', '"lucid_mlx[cuda13]"'):
+    for fix in ('pip install "mlx[cpu]"', '"mlx[cuda12]"', '"mlx[cuda13]"', '-e ".[cpu]"'):
         assert fix in message
     assert cause.startswith("ImportError('libmlx.so: cannot open shared object file")
     assert chained  # raised `from` the original error
