@@ -5,18 +5,13 @@ Each function takes the flag's text and returns the parsed value or raises
 ``error: argument --epochs: must be a positive integer but got '0'`` and exits with status 2.
 
     parser.add_argument("--epochs", type=positive_int, default=20)
-    parser.add_argument("--depths", type=comma_list(positive_int, "depths"), default=[4, 8])
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
-
-T = TypeVar("T")
 
 # numpy's default_rng and scikit-learn's random_state take seeds up to 2**32 - 1.
 MAX_SEED = 2**32 - 1
@@ -71,14 +66,6 @@ def dropout_probability(text: str) -> float:
     return value
 
 
-def nonzero_dropout_probability(text: str) -> float:
-    """A dropout probability in (0, 1), where p = 0 would repeat the no-dropout arm."""
-    value = _real(text, "a probability in (0, 1)")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a probability in (0, 1) but got {text!r}")
-    return value
-
-
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 
 
@@ -101,25 +88,3 @@ def figure_path(text: str) -> Path:
             f"must be inside a folder but {str(existing)!r} is a file (in {text!r})"
         )
     return path
-
-
-def comma_list(item: Callable[[str], T], name: str) -> Callable[[str], list[T]]:
-    """A parser for ``"a,b,c"``: each item parsed by ``item``, none empty, none repeated."""
-
-    def parse(text: str) -> list[T]:
-        values = []
-        for part in text.split(","):
-            if not part.strip():
-                raise argparse.ArgumentTypeError(
-                    f"must be a comma-separated list of {name} but got {text!r} (an empty item)"
-                )
-            try:
-                values.append(item(part.strip()))
-            except argparse.ArgumentTypeError as error:
-                raise argparse.ArgumentTypeError(f"every item {error} (in {text!r})") from None
-        if len(set(values)) != len(values):
-            raise argparse.ArgumentTypeError(f"must not repeat an item but got {text!r}")
-        return values
-
-    parse.__name__ = f"list of {name}"  # argparse quotes it for errors it raises itself
-    return parse
