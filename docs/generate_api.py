@@ -110,7 +110,7 @@ def _signature(qualified: str, obj: Any) -> str:
     return f"{name}: {type(obj).__name__}"
 
 
-_ROLE = re.compile(r":(?:func|class|mod|meth|attr):`~?([^`]+)`")
+_ROLE = re.compile(r":(?:func|class|mod|meth|attr|data):`~?([^`]+)`")
 _MATH = re.compile(r":math:`([^`]+)`")
 _LITERAL = re.compile(r"``([^`]+)``")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any, cast
 
 import mlx.core as mx
 
@@ -17,22 +18,36 @@ def _describe(value: object) -> str:
 
 
 def check_probability(p: object, where: str) -> float:
-    """Return ``p`` as a float after checking it is a real number in ``[0, 1]``."""
+    """Return ``p`` as a float after checking it is a real number in ``[0, 1]``.
+
+    A NumPy float32 or float16 is read as the decimal it prints as (``np.float32(0.2)`` gives
+    ``0.2``, not ``0.20000000298023224``).
+    """
     if type(p) is float and 0.0 <= p <= 1.0:  # the common case, without the ABC checks
         return p
     # bool is a numbers.Real subclass; dropout(x, True) is a bug, not a probability.
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
         raise TypeError(f"[{where}] 'p' must be a real number in [0, 1] but got {_describe(p)}.")
     value = float(p)
+    if not isinstance(p, (int, float)):
+        # A lower-precision float (np.float32(0.2) is 0.20000000298...) means the decimal it
+        # prints as: keep that, so the layer's repr and its p show what the user wrote.
+        try:
+            shortest = float(str(p))
+        except ValueError:
+            shortest = value
+        if cast(Any, type(p))(shortest) == p:
+            value = shortest
     if math.isnan(value) or not 0.0 <= value <= 1.0:
         # Quote p as given (5, not the converted 5.0): the message shows what the caller wrote.
         raise ValueError(f"[{where}] 'p' must be in [0, 1] but got {p!r}.")
     return value
 
 
-def check_bool(value: object, name: str, where: str) -> bool:
+def check_bool(value: object, name: str, where: str, hint: str = "") -> bool:
+    """Check that ``value`` is a Python bool; ``hint`` is appended to the message."""
     if not isinstance(value, bool):
-        raise TypeError(f"[{where}] '{name}' must be a bool but got {_describe(value)}.")
+        raise TypeError(f"[{where}] '{name}' must be a bool but got {_describe(value)}.{hint}")
     return value
 
 
@@ -47,7 +62,12 @@ def check_optional_bool(value: object, name: str, where: str) -> bool | None:
 def check_input(x: object, where: str, *, min_ndim: int) -> mx.array:
     """Check that ``x`` is a floating-point ``mx.array`` with at least ``min_ndim`` axes."""
     if not isinstance(x, mx.array):
-        raise TypeError(f"[{where}] 'x' must be an mlx.core.array but got {type(x).__name__}.")
+        # NumPy arrays, torch tensors, lists and numbers all convert with mx.array(x).
+        convertible = hasattr(x, "__array__") or isinstance(x, (list, tuple, numbers.Number))
+        hint = " Convert it with mx.array(x)." if convertible else ""
+        raise TypeError(
+            f"[{where}] 'x' must be an mlx.core.array but got {type(x).__name__}.{hint}"
+        )
     if not mx.issubdtype(x.dtype, mx.floating):
         raise TypeError(
             f"[{where}] 'x' must have a floating-point dtype (float16, bfloat16, float32"
@@ -56,7 +76,8 @@ def check_input(x: object, where: str, *, min_ndim: int) -> mx.array:
     if x.ndim < min_ndim:
         raise ValueError(
             f"[{where}] 'x' must have at least {min_ndim} dimensions (batch first) but got"
-            f" shape {tuple(x.shape)} with {x.ndim}."
+            f" shape {tuple(x.shape)} with {x.ndim}. Axis 0 is always the batch: add a batch"
+            " axis, e.g. x[None]."
         )
     return x
 

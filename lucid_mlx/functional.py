@@ -35,8 +35,8 @@ __all__ = ["alpha_dropout", "feature_alpha_dropout"]
 def feature_alpha_dropout(
     x: mx.array,
     p: float = 0.5,
-    *,
     training: bool = True,
+    *,
     key: mx.array | None = None,
     channel_axis: int = -1,
     use_kernel: bool | None = None,
@@ -68,8 +68,9 @@ def feature_alpha_dropout(
     Args:
         x (mlx.core.array): Floating-point input with at least 2 dimensions, batch first.
         p (float): Probability of dropping a channel, in ``[0, 1]``. Default: ``0.5``.
-        training (bool): Apply dropout if ``True``; return ``x`` itself if ``False``.
-            Default: ``True``.
+        training (bool): Apply dropout if ``True``; return ``x`` itself if ``False``. It may
+            be given by position, as in PyTorch's ``F.feature_alpha_dropout(x, p, training)``;
+            the default differs from PyTorch's (``False``). Default: ``True``.
         key (mlx.core.array, optional): PRNG key. If given, the mask is a pure function of
             ``(key, x.shape, p)``; otherwise it comes from MLX's global generator.
             Default: ``None``.
@@ -100,8 +101,8 @@ def feature_alpha_dropout(
 def alpha_dropout(
     x: mx.array,
     p: float = 0.5,
-    *,
     training: bool = True,
+    *,
     key: mx.array | None = None,
     use_kernel: bool | None = None,
 ) -> mx.array:
@@ -116,8 +117,8 @@ def alpha_dropout(
     Args:
         x (mlx.core.array): Floating-point input of any shape.
         p (float): Probability of dropping an element, in ``[0, 1]``. Default: ``0.5``.
-        training (bool): Apply dropout if ``True``; return ``x`` itself if ``False``.
-            Default: ``True``.
+        training (bool): Apply dropout if ``True``; return ``x`` itself if ``False``; may be
+            given by position, as in PyTorch. Default: ``True``.
         key (mlx.core.array, optional): PRNG key; see :func:`feature_alpha_dropout`.
             Default: ``None``.
         use_kernel (bool, optional): Kernel or ops path; see :func:`feature_alpha_dropout`.

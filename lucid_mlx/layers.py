@@ -19,12 +19,14 @@ __all__ = ["AlphaDropout", "FeatureAlphaDropout"]
 class _AlphaDropoutBase(nn.Module):
     """Configuration and repr shared by the two layers; subclasses define ``__call__``."""
 
-    def __init__(self, p: float, inplace: bool, use_kernel: bool | None) -> None:
+    def __init__(
+        self, p: float, inplace: bool, use_kernel: bool | None, inplace_hint: str = ""
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         where = type(self).__name__
         # Plain Python attributes: MLX registers only arrays, lists and dicts as parameters.
         self.p = check_probability(p, where)
-        self.inplace = check_bool(inplace, "inplace", where)
+        self.inplace = check_bool(inplace, "inplace", where, inplace_hint)
         self.use_kernel = check_optional_bool(use_kernel, "use_kernel", where)
 
     def _fields(self) -> list[str]:
@@ -48,6 +50,10 @@ class FeatureAlphaDropout(_AlphaDropoutBase):
     saturation value :math:`\alpha' = -\lambda\alpha`, then mapped by :math:`a y + b` so that
     zero-mean, unit-variance input keeps mean 0 and variance 1 (Klambauer et al. 2017,
     https://arxiv.org/abs/1706.02515). In eval mode (``layer.eval()``) it returns its input.
+
+    Axis 0 is always the batch axis, whatever the input's rank: a 3-D input ``(A, B, C)``
+    draws one mask entry per ``(a, c)`` pair, where ``mlx.nn.Dropout2d`` takes ``(H, W, C)``
+    as one unbatched image. Add a batch axis (``x[None]``) for a single sample.
 
     See :func:`lucid_mlx.feature_alpha_dropout` for the functional equivalent and the math.
 
@@ -74,7 +80,14 @@ class FeatureAlphaDropout(_AlphaDropoutBase):
         channel_axis: int = -1,
         use_kernel: bool | None = None,
     ) -> None:
-        super().__init__(p, inplace, use_kernel)
+        # FeatureAlphaDropout(0.2, 1) means channel_axis=1 more often than inplace=1.
+        hint = (
+            f" The second argument is 'inplace'; 'channel_axis' is keyword-only:"
+            f" FeatureAlphaDropout({p!r}, channel_axis={inplace!r})."
+            if isinstance(inplace, int) and not isinstance(inplace, bool)
+            else ""
+        )
+        super().__init__(p, inplace, use_kernel, hint)
         self.channel_axis = check_channel_axis(channel_axis, type(self).__name__)
 
     def __call__(self, x: mx.array, key: mx.array | None = None) -> mx.array:

@@ -19,8 +19,10 @@ def test_statistics_per_layer_on_sequential_and_list():
         assert [s.position for s in stats] == [0, 1, 2]
         assert [s.name for s in stats] == ["Identity", "<lambda>", "ReLU"]
         values = np.arange(12, dtype=np.float64)
+        path = "layers.0" if isinstance(container, nn.Sequential) else "0"
         assert stats[0] == LayerStatistics(0, "Identity", pytest.approx(values.mean()),
-                                           pytest.approx(values.var()))  # fmt: skip
+                                           pytest.approx(values.var()), path)  # fmt: skip
+        assert stats[2].path == ("layers.2" if isinstance(container, nn.Sequential) else "2")
         assert stats[1].mean == pytest.approx(2 * values.mean())
         assert stats[1].variance == pytest.approx(4 * values.var())
 
@@ -28,11 +30,17 @@ def test_statistics_per_layer_on_sequential_and_list():
 def test_rejects_bad_arguments():
     with pytest.raises(TypeError, match=r"'x' must be an mlx\.core\.array"):
         layer_statistics([nn.Identity()], np.zeros(3))
-    not_layers = r"'layers' must be an mlx\.nn\.Sequential or a list of layers but got"
-    with pytest.raises(TypeError, match=not_layers + " Linear"):
-        layer_statistics(nn.Linear(3, 3), mx.zeros((2, 3)))
+    not_layers = r"'model' must be an mlx\.nn\.Module or a list of layers but got"
     with pytest.raises(TypeError, match=not_layers + " int"):
         layer_statistics(3, mx.zeros(3))
+    with pytest.raises(TypeError, match=not_layers + " str"):
+        layer_statistics("abc", mx.zeros(3))
+    with pytest.raises(TypeError, match=r"'watch' must be None or a non-empty tuple"):
+        layer_statistics(nn.Linear(3, 3), mx.zeros((2, 3)), watch=nn.Linear)
+    with pytest.raises(TypeError, match=r"'watch' must be None or a non-empty tuple"):
+        layer_statistics(nn.Linear(3, 3), mx.zeros((2, 3)), watch=(int,))
+    with pytest.raises(TypeError, match=r"'watch' applies to a model"):
+        layer_statistics([nn.Identity()], mx.zeros(3), watch=(nn.Linear,))
     with pytest.raises(TypeError, match="layer 1 is int"):
         layer_statistics([nn.Identity(), 3], mx.zeros(3))
 
@@ -77,3 +85,106 @@ def test_deep_selu_stack_stays_normalized_with_feature_alpha_dropout_only(seed):
         assert abs(s.mean) <= BAND_MEAN, s
     inverted = block_outputs(nn.Dropout2d(0.2))
     assert max(s.variance for s in inverted) > BAND_VARIANCE[1] + 0.2
+
+
+class Block(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.act = nn.SELU()
+        self.drop = FeatureAlphaDropout(0.2)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.drop(self.act(self.conv(x)))
+
+
+class Net(nn.Module):
+    """A custom model: nested children, a list of blocks, a head called twice, a function."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.layers = [Block(4), Block(4)]
+        self.head = nn.Linear(4, 4)
+        self.fail_at = fail_at
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x = nn.selu(self.stem(x))  # a function, not a module: not recorded
+        for index, block in enumerate(self.layers):
+            if index == self.fail_at:
+                raise RuntimeError("mid-forward")
+            x = block(x)
+        pooled = x.mean(axis=(1, 2))
+        return self.head(self.head(pooled))  # one shared submodule, called twice
+
+
+def _state(model: nn.Module) -> list[tuple[str, type, dict]]:
+    return [(path, type(m), dict(vars(m))) for path, m in model.named_modules()]
+
+
+def test_a_custom_model_is_watched_by_path():
+    model = lucid_mlx.init.selu_init(Net(), key=mx.random.key(0))
+    model.eval()
+    x = mx.random.normal((2, 8, 8, 3), key=mx.random.key(1))
+    stats = layer_statistics(model, x)
+    assert [(s.path, s.name) for s in stats] == [
+        ("stem", "Conv2d"),
+        ("layers.0.conv", "Conv2d"),
+        ("layers.0.act", "SELU"),
+        ("layers.0.drop", "FeatureAlphaDropout"),
+        ("layers.1.conv", "Conv2d"),
+        ("layers.1.act", "SELU"),
+        ("layers.1.drop", "FeatureAlphaDropout"),
+        ("head", "Linear"),
+        ("head", "Linear"),  # once per call
+    ]
+    assert [s.position for s in stats] == list(range(9))
+    # Each record is the statistics of that call's output, computed independently here.
+    stem = model.stem(x)
+    blocks = model.layers[1](model.layers[0](nn.selu(stem)))
+    first_head = model.head(blocks.mean(axis=(1, 2)))
+    for record, output in ((stats[0], stem), (stats[7], first_head)):
+        assert record.mean == pytest.approx(mx.mean(output).item(), rel=1e-5, abs=1e-6)
+        assert record.variance == pytest.approx(mx.var(output).item(), rel=1e-5)
+    only = layer_statistics(model, x, watch=(FeatureAlphaDropout,))
+    assert [s.path for s in only] == ["layers.0.drop", "layers.1.drop"]
+
+
+def test_the_model_is_left_as_it_was():
+    model = lucid_mlx.init.selu_init(Net(), key=mx.random.key(0))
+    model.eval()
+    x = mx.random.normal((2, 8, 8, 3), key=mx.random.key(1))
+    before, expected = _state(model), model(x)
+    layer_statistics(model, x)
+    assert _state(model) == before
+    assert mx.array_equal(model(x), expected)
+
+
+def test_a_model_that_raises_mid_forward_is_restored():
+    model = lucid_mlx.init.selu_init(Net(fail_at=1), key=mx.random.key(0))
+    before = _state(model)
+    with pytest.raises(RuntimeError, match="mid-forward"):
+        layer_statistics(model, mx.random.normal((2, 8, 8, 3)))
+    assert _state(model) == before
+    model.fail_at = None
+    assert model(mx.zeros((1, 8, 8, 3))).shape == (1, 4)
+
+
+def test_a_watched_layer_that_returns_no_array_is_named():
+    class Pair(nn.Linear):
+        def __call__(self, x: mx.array) -> tuple[mx.array, mx.array]:  # type: ignore[override]
+            y = super().__call__(x)
+            return y, y
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pair = Pair(2, 2)
+
+        def __call__(self, x: mx.array) -> mx.array:
+            return self.pair(x)[0]
+
+    model = Model()
+    with pytest.raises(TypeError, match=r"'pair' \(Pair\) returned tuple"):
+        layer_statistics(model, mx.zeros((1, 2)))
+    assert type(model.pair) is Pair
