@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import mlx.core as mx
+import numpy as np
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -151,3 +155,82 @@ def test_help_shows_every_default(script):
     entries = re.split(r"\n(?=  -)", options.strip("\n"))
     missing = [e.split()[0] for e in entries if "-h, --help" not in e and "default" not in e]
     assert not missing, f"{script} --help shows no default for {missing}"
+
+
+# ---- train_digits.py: a checkpoint after every epoch, and a resume bit for bit -------------
+
+RESUME_FLAGS = ("--epochs", "3", "--batch-size", "128", "--cpu")
+
+
+def _train_digits(*flags: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, str(EXAMPLES / "train_digits.py"), *RESUME_FLAGS, *flags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+def _checkpoint(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    arrays, metadata = mx.load(str(folder / "checkpoint.safetensors"), return_metadata=True)
+    return {k: np.array(v) for k, v in arrays.items()}, metadata
+
+
+def test_training_killed_mid_epoch_resumes_bit_for_bit(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    uninterrupted = _train_digits("--checkpoint-dir", str(whole))
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    process = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "train_digits.py"), *RESUME_FLAGS,
+         "--checkpoint-dir", str(killed)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # printed once epoch 1's checkpoint is on disk
+        assert line.startswith("epoch   1"), line + process.stderr.read()
+        time.sleep(0.2)  # into epoch 2, which takes about 1 s here
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGKILL
+    _, metadata = _checkpoint(killed)
+    assert metadata["epoch"] == "1", "the kill did not land in epoch 2"
+    resumed = _train_digits("--checkpoint-dir", str(killed), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.splitlines()[0].startswith("resumed from ")
+    assert "after epoch 1" in resumed.stdout.splitlines()[0]
+    expected, expected_metadata = _checkpoint(whole)
+    got, got_metadata = _checkpoint(killed)
+    assert got.keys() == expected.keys()
+    assert any(k.startswith("optimizer.") and k.endswith(".m") for k in got)
+    for name, value in expected.items():  # weights, optimizer moments, random key
+        assert np.array_equal(got[name], value), name
+    assert got_metadata == expected_metadata
+    assert resumed.stdout.splitlines()[-1] == uninterrupted.stdout.splitlines()[-1]
+
+
+def test_a_corrupt_or_truncated_checkpoint_is_an_error_naming_the_file(tmp_path):
+    folder = tmp_path / "run"
+    assert _train_digits("--epochs", "1", "--checkpoint-dir", str(folder)).returncode == 0
+    path = folder / "checkpoint.safetensors"
+    whole = path.read_bytes()
+    for broken in (whole[: len(whole) // 2], b"", b"not a checkpoint" * 10):
+        path.write_bytes(broken)
+        result = _train_digits("--checkpoint-dir", str(folder), "--resume")
+        assert result.returncode == 1
+        assert result.stdout == ""  # no silent restart from scratch
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"train_digits.py: error: {path} is not a readable checkpoint")
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path):
+    folder = tmp_path / "run"
+    assert _train_digits("--epochs", "1", "--checkpoint-dir", str(folder)).returncode == 0
+    result = _train_digits(
+        "--epochs", "1", "--seed", "1", "--checkpoint-dir", str(folder), "--resume"
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith(
+        "belongs to another run: it was written with --seed 0 (now 1)"
+    )
+    again = _train_digits("--checkpoint-dir", str(folder))  # without --resume: not overwritten
+    assert again.returncode == 2
+    assert "give --resume to continue it, or another folder" in again.stderr
