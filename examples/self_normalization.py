@@ -25,7 +25,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-from _cli import dropout_probability, figure_path, positive_int, random_seed
+from _common import dropout_probability, figure_path, positive_int, random_seed
 
 import lucid_mlx
 from lucid_mlx import AlphaDropout, FeatureAlphaDropout

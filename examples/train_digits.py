@@ -26,8 +26,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,106 +33,20 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from _cli import dropout_probability, positive_float, positive_int, random_seed
+from _common import (
+    DigitsCNN,
+    accuracy,
+    dropout_probability,
+    load_digits_split,
+    make_optimizer,
+    make_train_step,
+    positive_float,
+    positive_int,
+    random_seed,
+)
 from mlx.utils import tree_flatten, tree_unflatten
 
 import lucid_mlx
-from lucid_mlx import AlphaDropout, FeatureAlphaDropout
-
-
-class DigitsCNN(nn.Module):
-    """(N, 8, 8, 1) -> conv 16 -> conv 32 -> pool -> dense 128 -> 10 logits, all SELU."""
-
-    def __init__(self, dropout: str = "feature_alpha", p: float = 0.1) -> None:
-        super().__init__()
-
-        def channel_dropout() -> nn.Module:
-            if dropout == "feature_alpha":
-                return FeatureAlphaDropout(p)
-            if dropout == "dropout2d":
-                return nn.Dropout2d(p)
-            return nn.Identity()
-
-        dense_dropout = AlphaDropout(p) if dropout == "feature_alpha" else nn.Identity()
-        if dropout == "dropout2d":
-            dense_dropout = nn.Dropout(p)
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1),
-            nn.SELU(),
-            channel_dropout(),
-            nn.Conv2d(16, 32, 3, padding=1),
-            nn.SELU(),
-            channel_dropout(),
-            nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Linear(4 * 4 * 32, 128), nn.SELU(), dense_dropout, nn.Linear(128, 10)
-        )
-
-    def __call__(self, x: mx.array) -> mx.array:
-        features = self.features(x)
-        return self.classifier(features.reshape(features.shape[0], -1))
-
-
-def load_digits_split(seed: int) -> tuple[mx.array, mx.array, mx.array, mx.array]:
-    """Standardized NHWC images and labels, stratified 80/20 train/test split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    images = digits.images.astype(np.float32)[..., None]  # (1797, 8, 8, 1), values 0..16
-    x_train, x_test, y_train, y_test = train_test_split(
-        images, digits.target, test_size=0.2, stratify=digits.target, random_state=seed
-    )
-    # SELU wants zero-mean, unit-variance input; use the training set's statistics only.
-    mean, std = x_train.mean(), x_train.std()
-    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
-    return (
-        mx.array(x_train),
-        mx.array(y_train.astype(np.int32)),
-        mx.array(x_test),
-        mx.array(y_test.astype(np.int32)),
-    )
-
-
-def make_optimizer(lr: float, total_steps: int) -> optim.Optimizer:
-    # Cosine decay to zero: the last epochs settle instead of bouncing between minima.
-    return optim.Adam(learning_rate=optim.cosine_decay(lr, total_steps))
-
-
-def make_train_step(
-    model: nn.Module,
-    optimizer: optim.Optimizer,
-    reduce_gradients: Callable[[Any], Any] = lambda grads: grads,
-) -> tuple[Callable[[mx.array, mx.array], mx.array], list[Any]]:
-    """A compiled training step and the state it reads and writes.
-
-    ``mx.random.state`` is part of the compiled state, so each step draws new dropout masks
-    (without it, the compiled graph would replay the first step's masks forever).
-    ``reduce_gradients`` is applied before the update (``nn.average_gradients`` for
-    data-parallel training).
-    """
-
-    def loss_fn(model: nn.Module, x: mx.array, y: mx.array) -> mx.array:
-        return nn.losses.cross_entropy(model(x), y, reduction="mean")
-
-    state = [model.state, optimizer.state, mx.random.state]
-
-    @partial(mx.compile, inputs=state, outputs=state)
-    def step(x: mx.array, y: mx.array) -> mx.array:
-        loss, grads = nn.value_and_grad(model, loss_fn)(model, x, y)
-        optimizer.update(model, reduce_gradients(grads))
-        return loss
-
-    return step, state
-
-
-def accuracy(model: nn.Module, x: mx.array, y: mx.array) -> float:
-    model.eval()
-    correct = mx.sum(mx.argmax(model(x), axis=1) == y)
-    model.train()
-    return correct.item() / y.size
-
 
 CHECKPOINT = "checkpoint.safetensors"
 # What a checkpoint must match to be resumed: everything that shapes the run.

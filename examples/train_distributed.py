@@ -34,15 +34,18 @@ import time
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from _cli import dropout_probability, positive_float, positive_int, random_seed
-from mlx.utils import tree_flatten
-from train_digits import (
+from _common import (
     DigitsCNN,
     accuracy,
+    dropout_probability,
     load_digits_split,
     make_optimizer,
     make_train_step,
+    positive_float,
+    positive_int,
+    random_seed,
 )
+from mlx.utils import tree_flatten
 
 import lucid_mlx
 

@@ -105,13 +105,13 @@ def test_bad_flag_is_a_one_line_argparse_error(script, flags, message):
     assert result.stderr.splitlines()[-1] == f"{script}: error: argument {flag}: {message}"
 
 
-def _cli():
+def _common():
     sys.path.insert(0, str(EXAMPLES))
     try:
-        import _cli
+        import _common
     finally:
         sys.path.remove(str(EXAMPLES))
-    return _cli
+    return _common
 
 
 @pytest.mark.parametrize(
@@ -126,7 +126,7 @@ def _cli():
     ],
 )
 def test_cli_types_accept(name, text, value):
-    assert getattr(_cli(), name)(text) == value
+    assert getattr(_common(), name)(text) == value
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,7 @@ def test_cli_types_accept(name, text, value):
 )
 def test_cli_types_refuse(name, text):
     with pytest.raises(argparse.ArgumentTypeError, match=re.escape(repr(text))):
-        getattr(_cli(), name)(text)
+        getattr(_common(), name)(text)
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("[!_]*.py")))
