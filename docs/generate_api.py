@@ -144,8 +144,8 @@ def _paragraphs(lines: list[str]) -> list[str]:
                 index += 1
             out += ["```pycon", *example, "```", ""]
             continue
-        if line.strip().startswith("- ") or not line.strip():
-            out.append(_inline(line.strip()) if line.strip() else "")
+        if line.startswith("  ") and line.strip():  # a list item's continuation
+            out.append("  " + _inline(line.strip()))
         else:
             out.append(_inline(line.strip()))
         index += 1
