@@ -81,7 +81,9 @@ def selu_init(model: nn.Module, *, key: mx.array | None = None) -> nn.Module:
 
     Every ``Linear``, ``Conv1d``, ``Conv2d`` and ``Conv3d`` in ``model`` (at any depth) gets
     a weight drawn from :func:`lecun_normal` in the weight's own dtype and, if it has a bias,
-    a bias of zeros. Other modules are untouched. The model is changed in place and returned.
+    a bias of zeros. Other modules are untouched: transposed convolutions on purpose (their
+    fan-in is not the product of the weight's trailing axes), norms and embeddings. The model
+    is changed in place and returned.
 
     Args:
         model (mlx.nn.Module): The model to re-initialize.
