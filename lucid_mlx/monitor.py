@@ -31,7 +31,7 @@ WATCHED_BY_DEFAULT: tuple[type[nn.Module], ...] = (
 class LayerStatistics(NamedTuple):
     """Mean and variance of one layer's output, over every element of the batch.
 
-    ``position`` is the order of the call in the forward pass, ``name`` the layer's class
+    ``position`` is the order in which the call started in the forward pass, ``name`` the layer's class
     name (or function name), ``path`` where the layer sits in the model (``"layers.3.conv"``,
     as ``model.named_modules()`` names it; the index for a list of layers).
     """
@@ -63,8 +63,10 @@ def layer_statistics(
       submodule's class is swapped for a recording subclass, and every class is restored
       afterwards, also when the forward pass raises. A submodule called twice gives two
       records with the same path; one reachable by several paths is named by the shortest
-      (then the first in sorted order). Layers called as functions (``nn.selu(x)``) are not
-      seen.
+      (then the first in sorted order). Records follow the order in which the calls start,
+      so a watched container comes before the layers it calls. Layers called as functions
+      (``nn.selu(x)``) are not seen, nor is anything inside a forward pass that
+      ``mx.compile`` has already traced: watch an uncompiled model.
 
     Args:
         model: An ``mlx.nn.Module``, or an iterable of callables (modules or functions) each
@@ -77,7 +79,7 @@ def layer_statistics(
 
     Returns:
         list[LayerStatistics]: One ``(position, name, mean, variance, path)`` per layer
-        call, in the order of the calls.
+        call, in the order in which the calls start.
 
     Raises:
         TypeError: ``model`` is neither a module nor an iterable of callables, a layer is
@@ -168,21 +170,28 @@ def _watched(
         if isinstance(module, watch) and id(module) not in paths:
             paths[id(module)] = path
             modules[id(module)] = module
-    outputs: list[tuple[str, str, mx.array]] = []
+    # One slot per call, taken when the call starts (so a container comes before what it
+    # calls) and filled when it returns.
+    slots: list[tuple[str, str, mx.array] | None] = []
     recording: dict[type, type] = {}
 
     def recording_class(cls: type) -> type:
         if cls not in recording:
 
             def __call__(self: nn.Module, *args: Any, **kwargs: Any) -> Any:  # noqa: N807
+                path = paths.get(id(self))
+                if path is None:  # a copy made during the forward pass: not part of the model
+                    return cls.__call__(self, *args, **kwargs)
+                slot = len(slots)
+                slots.append(None)
                 output = cls.__call__(self, *args, **kwargs)
                 if not isinstance(output, mx.array):
                     raise TypeError(
                         f"[layer_statistics] every watched layer must return an"
-                        f" mlx.core.array but {paths[id(self)]!r} ({cls.__name__}) returned"
+                        f" mlx.core.array but {path!r} ({cls.__name__}) returned"
                         f" {type(output).__name__}."
                     )
-                outputs.append((paths[id(self)], cls.__name__, output))
+                slots[slot] = (path, cls.__name__, output)
                 return output
 
             namespace = {"__call__": __call__, "__module__": cls.__module__}
@@ -191,10 +200,16 @@ def _watched(
 
     originals = [(module, type(module)) for module in modules.values()]
     try:
-        for module, cls in originals:
-            module.__class__ = recording_class(cls)
-        model(x)
+        try:
+            for module, cls in originals:
+                module.__class__ = recording_class(cls)
+            model(x)
+        finally:
+            for module, cls in originals:
+                module.__class__ = cls
+        return _statistics([slot for slot in slots if slot is not None])
     finally:
-        for module, cls in originals:
-            module.__class__ = cls
-    return _statistics(outputs)
+        # The recording classes and their closures form a reference cycle: empty it so the
+        # recorded activations are freed now, not at the next garbage collection.
+        slots.clear()
+        recording.clear()

@@ -188,3 +188,72 @@ def test_a_watched_layer_that_returns_no_array_is_named():
     with pytest.raises(TypeError, match=r"'pair' \(Pair\) returned tuple"):
         layer_statistics(model, mx.zeros((1, 2)))
     assert type(model.pair) is Pair
+
+
+def test_a_module_reachable_by_several_paths_is_named_by_the_shortest_then_sorted():
+    class Inner(nn.Module):
+        def __init__(self, linear: nn.Linear) -> None:
+            super().__init__()
+            self.linear = linear
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            shared = nn.Linear(2, 2)
+            self.inner = Inner(shared)  # "inner.linear": one level deeper
+            self.zeta = shared  # same depth as "alpha", later in sorted order
+            self.alpha = shared
+
+        def __call__(self, x: mx.array) -> mx.array:
+            return self.inner.linear(x)
+
+    assert [s.path for s in layer_statistics(Model(), mx.zeros((1, 2)))] == ["alpha"]
+
+
+def test_records_follow_the_order_in_which_the_calls_start():
+    model = Net()
+    x = mx.zeros((1, 8, 8, 3))
+    stats = layer_statistics(model, x, watch=(Block, nn.Conv2d))
+    # Each block is recorded before the convolution it calls.
+    assert [s.path for s in stats] == [
+        "stem",
+        "layers.0",
+        "layers.0.conv",
+        "layers.1",
+        "layers.1.conv",
+    ]
+    assert [s.position for s in stats] == list(range(5))
+
+
+def test_a_copy_made_during_the_forward_pass_is_not_recorded():
+    import copy
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(2, 2)
+
+        def __call__(self, x: mx.array) -> mx.array:
+            return copy.deepcopy(self.linear)(self.linear(x))
+
+    model = Model()
+    assert [s.path for s in layer_statistics(model, mx.zeros((1, 2)))] == ["linear"]
+    assert type(model.linear) is nn.Linear
+
+
+def test_recorded_outputs_are_freed_when_the_call_returns():
+    import gc
+
+    model = nn.Sequential(*[nn.Linear(256, 256) for _ in range(4)])
+    x = mx.zeros((1024, 256))
+    mx.eval(model.parameters(), x)
+    gc.collect()
+    gc.disable()  # the outputs must not wait for a garbage collection
+    try:
+        baseline = mx.get_active_memory()
+        layer_statistics(model, x, watch=(nn.Linear,))
+        retained = mx.get_active_memory() - baseline
+    finally:
+        gc.enable()
+    # Four outputs of 1 MiB each would stay alive if anything still held them.
+    assert retained < 2**20, retained
