@@ -14,7 +14,10 @@ import mlx.core as mx
 
 
 def _describe(value: object) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    kind = type(value)
+    # Qualify types from other libraries: np.True_ is a numpy.bool, not a Python bool.
+    name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+    return f"{value!r} ({name})"
 
 
 def check_probability(p: object, where: str) -> float:
@@ -74,10 +77,14 @@ def check_input(x: object, where: str, *, min_ndim: int) -> mx.array:
             f" or float64) but got {x.dtype}."
         )
     if x.ndim < min_ndim:
+        hint = (
+            "add a batch axis, e.g. x[None]."
+            if x.ndim == min_ndim - 1
+            else f"reshape it to (batch, ...) with at least {min_ndim} dimensions."
+        )
         raise ValueError(
             f"[{where}] 'x' must have at least {min_ndim} dimensions (batch first) but got"
-            f" shape {tuple(x.shape)} with {x.ndim}. Axis 0 is always the batch: add a batch"
-            " axis, e.g. x[None]."
+            f" shape {tuple(x.shape)} with {x.ndim}. Axis 0 is always the batch: {hint}"
         )
     return x
 

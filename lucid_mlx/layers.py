@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -31,6 +33,14 @@ class _AlphaDropoutBase(nn.Module):
 
     def _fields(self) -> list[str]:
         return [f"p={self.p}", f"inplace={self.inplace}"]
+
+    def _bool_key(self, key: bool) -> TypeError:
+        # layer(x, False): a ported F.alpha_dropout(x, p, training) turned into a call.
+        return TypeError(
+            f"[{type(self).__name__}] 'key' must be None or a PRNG key from"
+            f" mlx.core.random.key but got {key!r} (bool). A layer's mode is set with"
+            " .train() and .eval(), not by an argument of the call."
+        )
 
     def extra_repr(self) -> str:
         fields = self._fields()
@@ -82,15 +92,19 @@ class FeatureAlphaDropout(_AlphaDropoutBase):
     ) -> None:
         # FeatureAlphaDropout(0.2, 1) means channel_axis=1 more often than inplace=1.
         hint = (
-            f" The second argument is 'inplace'; 'channel_axis' is keyword-only:"
-            f" FeatureAlphaDropout({p!r}, channel_axis={inplace!r})."
-            if isinstance(inplace, int) and not isinstance(inplace, bool)
+            f" If you meant the channel axis, it is keyword-only:"
+            f" FeatureAlphaDropout({p!r}, channel_axis={int(inplace)})."
+            if isinstance(inplace, numbers.Integral)
+            and not isinstance(inplace, bool)
+            and int(inplace) != 0
             else ""
         )
         super().__init__(p, inplace, use_kernel, hint)
         self.channel_axis = check_channel_axis(channel_axis, type(self).__name__)
 
     def __call__(self, x: mx.array, key: mx.array | None = None) -> mx.array:
+        if isinstance(key, bool):
+            raise self._bool_key(key)
         return feature_alpha_dropout(
             x,
             self.p,
@@ -135,6 +149,8 @@ class AlphaDropout(_AlphaDropoutBase):
         super().__init__(p, inplace, use_kernel)
 
     def __call__(self, x: mx.array, key: mx.array | None = None) -> mx.array:
+        if isinstance(key, bool):
+            raise self._bool_key(key)
         return alpha_dropout(x, self.p, training=self.training, key=key, use_kernel=self.use_kernel)
 
     #: Same as calling the layer; the name PyTorch code uses.

@@ -31,9 +31,10 @@ WATCHED_BY_DEFAULT: tuple[type[nn.Module], ...] = (
 class LayerStatistics(NamedTuple):
     """Mean and variance of one layer's output, over every element of the batch.
 
-    ``position`` is the order in which the call started in the forward pass, ``name`` the layer's class
-    name (or function name), ``path`` where the layer sits in the model (``"layers.3.conv"``,
-    as ``model.named_modules()`` names it; the index for a list of layers).
+    ``position`` is the order in which the call started in the forward pass, ``name`` the
+    layer's class name (or function name), ``path`` where the layer sits in the model
+    (``"layers.3.conv"``, as ``model.named_modules()`` names it; the index for a list of
+    layers).
     """
 
     position: int

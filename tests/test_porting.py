@@ -41,14 +41,44 @@ def test_an_int_second_argument_points_at_channel_axis():
     with pytest.raises(TypeError) as error:
         FeatureAlphaDropout(0.2, 1)
     assert str(error.value) == (
-        "[FeatureAlphaDropout] 'inplace' must be a bool but got 1 (int). The second argument"
-        " is 'inplace'; 'channel_axis' is keyword-only: FeatureAlphaDropout(0.2,"
-        " channel_axis=1)."
+        "[FeatureAlphaDropout] 'inplace' must be a bool but got 1 (int). If you meant the"
+        " channel axis, it is keyword-only: FeatureAlphaDropout(0.2, channel_axis=1)."
     )
-    with pytest.raises(TypeError) as error:  # no such hint where it cannot be meant
-        FeatureAlphaDropout(0.2, "yes")
+    with pytest.raises(
+        TypeError, match=r"keyword-only: FeatureAlphaDropout\(0.2, channel_axis=1\)"
+    ):
+        FeatureAlphaDropout(0.2, np.int64(1))
+    # No such hint where it cannot be meant: a string, or 0 (the batch axis, never a channel).
+    for inplace, shown in (("yes", "'yes' (str)"), (0, "0 (int)")):
+        with pytest.raises(TypeError) as error:
+            FeatureAlphaDropout(0.2, inplace)
+        assert str(error.value) == (
+            f"[FeatureAlphaDropout] 'inplace' must be a bool but got {shown}."
+        )
+
+
+def test_a_numpy_bool_is_named_as_such():
+    with pytest.raises(TypeError) as error:
+        feature_alpha_dropout(mx.zeros((2, 3)), 0.2, np.bool_(True))
+    assert str(error.value).endswith("but got np.True_ (numpy.bool).")
+
+
+@pytest.mark.parametrize("layer", [FeatureAlphaDropout, AlphaDropout])
+def test_a_bool_passed_to_a_layer_call_points_at_train_and_eval(layer):
+    with pytest.raises(TypeError) as error:
+        layer(0.2)(mx.zeros((2, 3)), False)  # a ported F.alpha_dropout(x, p, self.training)
     assert str(error.value) == (
-        "[FeatureAlphaDropout] 'inplace' must be a bool but got 'yes' (str)."
+        f"[{layer.__name__}] 'key' must be None or a PRNG key from mlx.core.random.key but"
+        " got False (bool). A layer's mode is set with .train() and .eval(), not by an"
+        " argument of the call."
+    )
+
+
+def test_zero_dimensional_input_is_not_told_to_use_x_none():
+    with pytest.raises(ValueError, match=r"with 0\. Axis 0 is always the batch") as error:
+        feature_alpha_dropout(mx.array(1.0), 0.2)
+    assert str(error.value).endswith(
+        "Axis 0 is always the batch: reshape it to (batch, ...) with at least 2 dimensions."
     )
 
 
