@@ -12,7 +12,9 @@ draws fresh dropout masks. One line per epoch; the last line is ``test accuracy:
 With ``--checkpoint-dir DIR`` it writes a checkpoint after every epoch, atomically (a
 temporary file, fsync, rename): the model's weights, the optimizer's state, MLX's random state
 (so the dropout masks after a resume are the ones an uninterrupted run draws) and the state of
-the generator that orders the batches. ``--resume`` continues from it, bit for bit.
+the generator that orders the batches, with a SHA-256 of them all. ``--resume`` continues
+from it, bit for bit; a checkpoint that is truncated, corrupted or from another run is an
+error naming the file.
 
     python examples/train_digits.py                        # defaults: about 40 s on 2 CPU cores
     python examples/train_digits.py --dropout dropout2d    # compare with mlx.nn.Dropout2d
@@ -22,6 +24,7 @@ the generator that orders the batches. ``--resume`` continues from it, bit for b
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -49,12 +52,42 @@ from mlx.utils import tree_flatten, tree_unflatten
 import lucid_mlx
 
 CHECKPOINT = "checkpoint.safetensors"
+PARTIAL = f".{CHECKPOINT}.partial.safetensors"  # written, flushed, then renamed to CHECKPOINT
 # What a checkpoint must match to be resumed: everything that shapes the run.
 RUN_ARGS = ("epochs", "batch_size", "lr", "p", "dropout", "seed")
 
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be resumed; the message names the file."""
+
+
+def _fsync(fd: int) -> None:
+    """Flush a file or folder to the disk itself (on macOS fsync alone stops at the drive)."""
+    try:
+        import fcntl
+
+        full = getattr(fcntl, "F_FULLFSYNC", None)
+    except ImportError:  # not on POSIX
+        full = None
+    if full is not None:
+        fcntl.fcntl(fd, full)
+    else:
+        os.fsync(fd)
+
+
+def _digest(arrays: dict[str, mx.array], metadata: dict[str, str]) -> str:
+    """SHA-256 of every array's name, dtype, shape and bytes and of the metadata.
+
+    safetensors has no checksum of its own: this catches bytes changed on the disk, which
+    would otherwise load as slightly different weights.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        values = np.array(arrays[name])
+        digest.update(f"{name}:{arrays[name].dtype}:{values.shape}:".encode())
+        digest.update(values.tobytes())
+    digest.update(json.dumps(metadata, sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 def save_checkpoint(
@@ -75,16 +108,22 @@ def save_checkpoint(
         "run": json.dumps(run),
         "data_order": json.dumps(order_rng.bit_generator.state),
     }
-    path, partial_path = directory / CHECKPOINT, directory / f".{CHECKPOINT}.partial.safetensors"
+    mx.eval(arrays)
+    metadata["sha256"] = _digest(arrays, metadata)
+    path, partial_path = directory / CHECKPOINT, directory / PARTIAL
     mx.save_safetensors(str(partial_path), arrays, metadata=metadata)
     with open(partial_path, "rb") as file:
-        os.fsync(file.fileno())
+        _fsync(file.fileno())
     os.replace(partial_path, path)  # atomic: the old checkpoint or the new one, never half
     folder = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(folder)  # the rename itself survives a power cut
+        _fsync(folder)  # the rename itself survives a power cut
     finally:
         os.close(folder)
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())  # MLX's messages may span lines
 
 
 def load_checkpoint(
@@ -97,12 +136,19 @@ def load_checkpoint(
     """Restore what :func:`save_checkpoint` wrote and return the last finished epoch."""
     try:
         arrays, metadata = mx.load(str(path), return_metadata=True)
+        written = metadata.pop("sha256")
+        if _digest(arrays, metadata) != written:
+            raise ValueError("its contents do not match the checksum written with them")
         epoch = int(metadata["epoch"])
         saved_run = json.loads(metadata["run"])
         order_state = json.loads(metadata["data_order"])
         key = arrays.pop("random.key")
+        if epoch < 1 or not isinstance(saved_run, dict) or not isinstance(order_state, dict):
+            raise ValueError("its metadata is not what this script writes")
+        if key.dtype != mx.uint32 or tuple(key.shape) != (2,):
+            raise ValueError(f"random.key must be uint32 of shape (2,) but is {key.dtype}")
     except (RuntimeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({error})") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({_one_line(error)})") from None
     if saved_run != run:
         changed = ", ".join(
             f"--{k.replace('_', '-')} {saved_run.get(k)} (now {run[k]})"
@@ -120,7 +166,7 @@ def load_checkpoint(
         optimizer.init(model.trainable_parameters())  # keeps the loaded moments
         order_rng.bit_generator.state = order_state
     except (ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{path} does not fit this model ({error})") from None
+        raise CheckpointError(f"{path} does not fit this model ({_one_line(error)})") from None
     # mx.random.key(s) is [s >> 32, s & 0xFFFFFFFF]: seeding with that s restores the key.
     high, low = (int(v) for v in key.tolist())
     mx.random.seed((high << 32) | low)
@@ -191,7 +237,15 @@ def main(argv: list[str] | None = None) -> float:
     run = {k: getattr(args, k) for k in RUN_ARGS}
     first_epoch = 1
     if args.checkpoint_dir is not None:
-        args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        try:  # before any training: a folder that cannot take a checkpoint is a flag error
+            args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            (args.checkpoint_dir / PARTIAL).write_bytes(b"")
+            (args.checkpoint_dir / PARTIAL).unlink()
+        except OSError as error:
+            parser.error(
+                f"argument --checkpoint-dir: cannot write a checkpoint in"
+                f" {str(args.checkpoint_dir)!r} ({error.strerror or error})"
+            )
         path = args.checkpoint_dir / CHECKPOINT
         if args.resume and path.exists():
             try:

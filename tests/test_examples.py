@@ -14,6 +14,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
+from mlx.utils import tree_map
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 pytest.importorskip("sklearn", reason="the examples extra (scikit-learn) is not installed")
@@ -212,13 +213,53 @@ def test_a_corrupt_or_truncated_checkpoint_is_an_error_naming_the_file(tmp_path)
     assert _train_digits("--epochs", "1", "--checkpoint-dir", str(folder)).returncode == 0
     path = folder / "checkpoint.safetensors"
     whole = path.read_bytes()
-    for broken in (whole[: len(whole) // 2], b"", b"not a checkpoint" * 10):
+    flipped = bytearray(whole)
+    flipped[-100] ^= 1  # one bit of the last array: still a valid safetensors file
+    for broken in (whole[: len(whole) // 2], b"", b"not a checkpoint" * 10, bytes(flipped)):
         path.write_bytes(broken)
         result = _train_digits("--checkpoint-dir", str(folder), "--resume")
         assert result.returncode == 1
         assert result.stdout == ""  # no silent restart from scratch
         (line,) = result.stderr.splitlines()
         assert line.startswith(f"train_digits.py: error: {path} is not a readable checkpoint")
+    assert line.endswith("(its contents do not match the checksum written with them)")
+
+
+def test_a_save_cut_short_before_the_rename_leaves_the_last_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    train_digits = pytest.importorskip("train_digits")
+    model = train_digits.DigitsCNN("feature_alpha", 0.1)
+    optimizer = train_digits.make_optimizer(1e-3, 10)
+    run = {"seed": 0}
+    train_digits.save_checkpoint(tmp_path, 1, model, optimizer, np.random.default_rng(0), run)
+    path = tmp_path / train_digits.CHECKPOINT
+    saved = path.read_bytes()
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt  # the process dies between writing and renaming
+
+    monkeypatch.setattr(train_digits.os, "replace", killed)
+    model.update(tree_map(lambda w: w + 1, model.parameters()))
+    with pytest.raises(KeyboardInterrupt):
+        train_digits.save_checkpoint(tmp_path, 2, model, optimizer, np.random.default_rng(0), run)
+    assert (tmp_path / train_digits.PARTIAL).stat().st_size > 0  # the new one went aside
+    assert path.read_bytes() == saved  # the last checkpoint is untouched and still loads
+    epoch = train_digits.load_checkpoint(
+        path, train_digits.DigitsCNN("feature_alpha", 0.1), optimizer,
+        np.random.default_rng(0), run,
+    )  # fmt: skip
+    assert epoch == 1
+
+
+def test_a_folder_that_cannot_take_a_checkpoint_is_refused_before_training(tmp_path):
+    (tmp_path / "afile").write_text("")
+    result = _train_digits("--checkpoint-dir", str(tmp_path / "afile" / "run"))
+    assert result.returncode == 2
+    assert result.stdout == ""  # nothing trained
+    assert result.stderr.splitlines()[-1] == (
+        "train_digits.py: error: argument --checkpoint-dir: cannot write a checkpoint in"
+        f" {str(tmp_path / 'afile' / 'run')!r} (Not a directory)"
+    )
 
 
 def test_a_checkpoint_of_another_run_is_refused(tmp_path):
