@@ -55,7 +55,7 @@ MAX_KERNEL_ELEMENTS = 2**31 - _THREADS_PER_GROUP
 
 # Backends on which benchmarks/bench_dropout.py measured the kernel at least as fast as the
 # compiled ops path, forward and backward. Automatic selection (use_kernel=None) takes the
-# kernel only there. Empty: the kernel has not yet been measured on a GPU (see README).
+# kernel only there. Empty: the kernel has not yet been measured on a GPU (docs/gpu-kernel.md).
 MEASURED_FASTER: frozenset[str] = frozenset()
 
 

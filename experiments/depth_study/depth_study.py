@@ -868,28 +868,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--depths",
         type=_list(_positive_int, "depths"),
-        default=[8, 16],
-        help="numbers of conv blocks",
+        default="8,16",
+        help="numbers of conv blocks, comma-separated",
     )
     parser.add_argument(
         "--p",
         type=_list(_probability, "probabilities"),
-        default=[0.05, 0.1, 0.2],
-        help="drop probabilities",
+        default="0.05,0.1,0.2",
+        help="drop probabilities, comma-separated",
     )
-    parser.add_argument("--seeds", type=_list(_seed, "seeds"), default=[0, 1, 2], help="seeds")
+    parser.add_argument(
+        "--seeds", type=_list(_seed, "seeds"), default="0,1,2", help="seeds, comma-separated"
+    )
     parser.add_argument("--epochs", type=_positive_int, default=4, help="epochs per run")
     parser.add_argument(
         "--torch-depths",
         type=_list(_positive_int, "depths"),
-        default=[8, 16],
-        help="depths of the PyTorch cross-check",
+        default="8,16",
+        help="depths of the PyTorch cross-check, comma-separated",
     )
     parser.add_argument(
         "--torch-p",
         type=_list(_probability, "probabilities"),
-        default=[0.1, 0.2],
-        help="p of the PyTorch cross-check",
+        default="0.1,0.2",
+        help="p of the PyTorch cross-check, comma-separated",
     )
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch cross-check")
     parser.add_argument(
