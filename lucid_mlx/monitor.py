@@ -61,8 +61,9 @@ def layer_statistics(
     - Any other ``mlx.nn.Module`` (or a ``Sequential`` with ``watch``): one forward pass,
       ``model(x)``, recording the output of every submodule, at any depth, whose type is in
       ``watch``. MLX has no forward hooks: for the duration of the call each watched
-      submodule's class is swapped for a recording subclass, and every class is restored
-      afterwards, also when the forward pass raises. A submodule called twice gives two
+      submodule's class is swapped for a recording subclass (so inside the call
+      ``type(module)`` is that subclass), and every class is restored afterwards, also when
+      the forward pass raises. A submodule called twice gives two
       records with the same path; one reachable by several paths is named by the shortest
       (then the first in sorted order). Records follow the order in which the calls start,
       so a watched container comes before the layers it calls. Layers called as functions
