@@ -24,6 +24,7 @@ error naming the file.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -63,16 +64,11 @@ class CheckpointError(Exception):
 
 def _fsync(fd: int) -> None:
     """Flush a file or folder to the disk itself (on macOS fsync alone stops at the drive)."""
-    try:
-        import fcntl
-
-        full = getattr(fcntl, "F_FULLFSYNC", None)
-    except ImportError:  # not on POSIX
-        full = None
-    if full is not None:
-        fcntl.fcntl(fd, full)
-    else:
+    full_fsync = getattr(fcntl, "F_FULLFSYNC", None)
+    if full_fsync is None:
         os.fsync(fd)
+    else:
+        fcntl.fcntl(fd, full_fsync)
 
 
 def _digest(arrays: dict[str, mx.array], metadata: dict[str, str]) -> str:
@@ -136,17 +132,14 @@ def load_checkpoint(
     """Restore what :func:`save_checkpoint` wrote and return the last finished epoch."""
     try:
         arrays, metadata = mx.load(str(path), return_metadata=True)
-        written = metadata.pop("sha256")
+        # Past this check the file is one this script wrote, unchanged: its fields are trusted.
+        written = metadata.pop("sha256", None)
         if _digest(arrays, metadata) != written:
             raise ValueError("its contents do not match the checksum written with them")
         epoch = int(metadata["epoch"])
         saved_run = json.loads(metadata["run"])
         order_state = json.loads(metadata["data_order"])
         key = arrays.pop("random.key")
-        if epoch < 1 or not isinstance(saved_run, dict) or not isinstance(order_state, dict):
-            raise ValueError("its metadata is not what this script writes")
-        if key.dtype != mx.uint32 or tuple(key.shape) != (2,):
-            raise ValueError(f"random.key must be uint32 of shape (2,) but is {key.dtype}")
     except (RuntimeError, ValueError, KeyError) as error:
         raise CheckpointError(f"{path} is not a readable checkpoint ({_one_line(error)})") from None
     if saved_run != run:
