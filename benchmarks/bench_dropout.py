@@ -38,8 +38,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from lucid_mlx import alpha_dropout, feature_alpha_dropout
-from lucid_mlx._kernels import use_kernel_for
+from lucid_mlx import _kernels, alpha_dropout, feature_alpha_dropout
 from lucid_mlx._math import SELU_SATURATION, alpha_dropout_coefficients
 
 
@@ -192,14 +191,6 @@ def naive_feature_alpha_dropout(x: mx.array, p: float) -> mx.array:
     return (x * keep + (1 - keep) * SELU_SATURATION) * a + b
 
 
-def _kernel_skip_reason(x: mx.array) -> str | None:
-    try:
-        use_kernel_for(True, x, "benchmark")
-    except RuntimeError as error:
-        return str(error).split("use_kernel=True but ", 1)[-1]
-    return None
-
-
 def _in_step(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` compiled as a training step is: capturing the global random state."""
     state = [mx.random.state]
@@ -268,7 +259,7 @@ def candidates(shape: tuple[int, ...], skipped: dict[str, str]) -> Table:
             ELEMENT_STEP_ROW: lambda: element_step_both(x, cotangent),
         },
     }
-    reason = _kernel_skip_reason(x)
+    reason = _kernels.why_not(x)
     if reason is None:
         for name, f in [
             ("FeatureAlphaDropout kernel", partial(feature_alpha_dropout, p=P, use_kernel=True)),

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# GPU check for an NVIDIA machine with MLX's CUDA backend: the GPU-marked tests (the real CUDA
-# kernel against the ops path) and the benchmark (kernel vs ops path vs torch, with effective
+# GPU check for a Mac (Metal) or an NVIDIA machine with MLX's CUDA backend: the GPU-marked tests
+# (the real kernel against the ops path) and the benchmark (kernel vs ops path vs torch, with effective
 # GB/s and the kernel's fraction of a copy's bandwidth). Run it from the repository root:
 #
-#   pip install -e ".[cuda13,test]"      # or .[cuda12,test]; add torch for its rows
+#   pip install -e ".[cuda13,test]"      # .[cuda12,test] or, on a Mac, .[test]; torch adds rows
 #   bash benchmarks/gpu_check.sh
 #
 # The package is imported from this source tree, so an environment that already has MLX's
@@ -20,8 +20,8 @@ import sys
 import mlx.core as mx
 
 print("mlx", mx.__version__, mx.default_device(), mx.device_info().get("device_name", ""))
-if not mx.cuda.is_available():
-    sys.exit("gpu_check: this MLX has no CUDA backend (install mlx[cuda12] or mlx[cuda13])")
+if not (mx.metal.is_available() or mx.cuda.is_available()):
+    sys.exit("gpu_check: this MLX has no GPU backend (on Linux: mlx[cuda12] or mlx[cuda13])")
 EOF
 python3 -m pytest -q -ra -m gpu -p no:cacheprovider tests/test_kernels.py
 python3 benchmarks/bench_dropout.py --repeats 30

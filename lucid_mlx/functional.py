@@ -6,17 +6,16 @@ The layers in :mod:`lucid_mlx.layers` are one-line wrappers around these functio
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import cache, lru_cache
-from typing import NamedTuple, cast
+from typing import cast
 
 import mlx.core as mx
 
-from lucid_mlx import _kernels
+from lucid_mlx import _kernels, _mask
 from lucid_mlx._math import (
     MASK_LEVELS,
     SELU_SATURATION,
-    AlphaDropoutCoefficients,
     alpha_dropout_coefficients,
     drop_threshold,
 )
@@ -77,10 +76,10 @@ def feature_alpha_dropout(
         channel_axis (int): The channel axis, never ``0``. ``-1`` suits MLX's channels-last
             layouts ``(N, C)``, ``(N, L, C)``, ``(N, H, W, C)``, ``(N, D, H, W, C)``; use
             ``1`` for PyTorch-style ``(N, C, *)``. Default: ``-1``.
-        use_kernel (bool, optional): ``None`` picks the fused GPU kernel where it is
-            available and measured faster, else the compiled ops path; ``True`` requires the
-            kernel (``RuntimeError`` where it cannot run); ``False`` always takes the ops
-            path. Same mask and same values either way. Default: ``None``.
+        use_kernel (bool, optional): ``True`` takes the fused GPU kernel (Metal, or MLX's
+            CUDA backend; ``RuntimeError`` saying why where it cannot run); ``None`` and
+            ``False`` take the compiled ops path (``None`` will pick the kernel where it is
+            measured faster: so far nowhere). Same mask either way. Default: ``None``.
 
     Returns:
         mlx.core.array: An array of ``x``'s shape and dtype. ``x`` itself when not training,
@@ -167,80 +166,39 @@ def _alpha_dropout(
         # A channel-wise mask as large as x, as for (N, C) input, is an element-wise one
         # (the same bits in the same order), and the element-wise pass is the faster one.
         channel_axis = None
+    # Resolved only when dropout runs: a model configured with use_kernel=True still runs in
+    # eval mode on a machine without a GPU.
+    fused = _fused(use_kernel, x, where)
     constants = _constants(p, x.dtype)
-    # Resolved only when a kernel would run: a model configured with use_kernel=True still
-    # runs in eval mode on a machine without a GPU.
-    if _kernels.use_kernel_for(use_kernel, x, where):
-        return _kernel_path(x, key, constants, channel_axis)
     # One compiled call draws the mask, derives the per-unit scale and makes the pass over x.
     if key is None:
-        return _global_forward()(x, *constants.arrays, channel_axis)
-    return _keyed_forward(x, key, *constants.arrays, channel_axis)
+        return _global_forward()(x, *constants, channel_axis, fused)
+    return _keyed_forward(x, key, *constants, channel_axis, fused)
 
 
-# ---- the mask ---------------------------------------------------------------------------
+def _fused(use_kernel: bool | None, x: mx.array, where: str) -> bool:
+    """Whether to take the fused GPU kernel: only on request.
 
-
-def _random_bits(key: mx.array, size: int) -> mx.array:
-    """``size`` uniform random 16-bit integers (uint16, not yet shaped): a pure function of key.
-
-    MLX's Python API has no raw-bits function, but ``mx.random.split(key, m)`` is one: its
-    ``m`` sub-keys are ``2 * m`` uint32 drawn from the counter-based generator (threefry),
-    viewed here as ``4 * m`` uint16. MLX hashes once per 8 output bytes whatever the width,
-    so 16 bits per unit cost half of the 32 that ``mx.random.bernoulli`` draws. The result is
-    ``(size / 4, 4)`` when ``size`` is a multiple of 4, else flat: callers reshape it.
+    ``None`` (automatic) takes the ops path everywhere: the kernel has not been measured
+    faster than the compiled ops path on any GPU yet.
     """
-    bits = mx.random.split(key, (size + 3) // 4).view(mx.uint16)
-    return bits if bits.size == size else bits.reshape(-1)[:size]
-
-
-def _global_key() -> mx.array:
-    """A fresh key from MLX's global generator, advancing it as every ``mx.random`` call does.
-
-    MLX hands a call without a key the second half of ``split(state)`` and keeps the first
-    half as the new state. Python cannot write the state, so an empty draw advances it, and
-    the key that draw consumed (and did not use) is recomputed from the old state with the
-    same operations, which ``mx.compile`` merges with the draw's own.
-    """
-    state: mx.array = mx.random.state[0]  # type: ignore[index]  # typed as a plain object
-    mx.random.uniform(shape=(0,))
-    return mx.split(mx.random.split(state), 2)[1].reshape(2)
-
-
-def _mask_shape(shape: Sequence[int], channel_axis: int | None) -> list[int]:
-    if channel_axis is None:
-        return list(shape)
-    mask_shape = [1] * len(shape)
-    mask_shape[0] = shape[0]
-    mask_shape[channel_axis] = shape[channel_axis]
-    return mask_shape
-
-
-def _kernel_path(
-    x: mx.array, key: mx.array | None, constants: _Constants, channel_axis: int | None
-) -> mx.array:
-    """The fused kernel, on the mask the ops path draws for the same key or generator state."""
-    mask_shape = _mask_shape(x.shape, channel_axis)
-    bits = _random_bits(_global_key() if key is None else key, math.prod(mask_shape))
-    keep = (bits >= constants.arrays[0]).reshape(mask_shape)
-    scale, _, dropped = constants.coefficients
-    return _kernels.masked_affine(x, keep, scale, SELU_SATURATION, dropped, channel_axis)
+    if not use_kernel:
+        return False
+    reason = _kernels.why_not(x)
+    if reason is not None:
+        raise RuntimeError(
+            f"[{where}] use_kernel=True but {reason}. Use use_kernel=None for the ops path."
+        )
+    return True
 
 
 # ---- the ops path -----------------------------------------------------------------------
 
 
-class _Constants(NamedTuple):
-    """Everything a call needs from ``(p, dtype)``, built once per pair."""
-
-    #: ``(threshold, a, alpha', d)``: the uint16 threshold, the rest in the compute dtype.
-    arrays: tuple[mx.array, mx.array, mx.array, mx.array]
-    #: ``(a, b, d)`` in double precision, for the probability the mask realizes.
-    coefficients: AlphaDropoutCoefficients
-
-
 @lru_cache(maxsize=256)
-def _constants(p: float, dtype: mx.Dtype) -> _Constants:
+def _constants(p: float, dtype: mx.Dtype) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+    """``(t, a, alpha', d)`` for ``(p, dtype)``, built once per pair: the uint16 threshold, the
+    rest in the compute dtype, for the probability the mask realizes."""
     threshold = drop_threshold(p)
     coefficients = alpha_dropout_coefficients(threshold / MASK_LEVELS)
     compute = _compute_dtype(dtype)
@@ -251,7 +209,7 @@ def _constants(p: float, dtype: mx.Dtype) -> _Constants:
         mx.array(coefficients.dropped, compute),
     )
     mx.eval(arrays)
-    return _Constants(arrays, coefficients)
+    return arrays
 
 
 def _compute_dtype(dtype: mx.Dtype) -> mx.Dtype:
@@ -268,19 +226,22 @@ def _forward(
     saturation: mx.array,
     dropped: mx.array,
     channel_axis: int | None,
+    fused: bool,
 ) -> mx.array:
-    """The whole ops path of one call: draw the mask, derive the per-unit scale, one pass."""
+    """The whole of one call: draw the mask, derive the per-unit scale, one pass over x."""
+    mask_shape = _mask.mask_shape(x.shape, channel_axis)
+    bits = _mask.random_bits(key, math.prod(mask_shape))
+    if fused:
+        coefficients = mx.stack([scale, saturation, dropped, threshold.astype(scale.dtype)])
+        return _kernels.masked_affine(x, bits, coefficients, channel_axis)
     if channel_axis is None:
         # Element-wise: comparing uint16 bits with a scalar and selecting a or 0 fuse into
         # the pass over x at next to no cost.
-        bits = _random_bits(key, x.size).reshape(x.shape)
-        unit_scale = mx.where(bits >= threshold, scale, 0.0)
+        unit_scale = mx.where(bits.reshape(x.shape) >= threshold, scale, 0.0)
     else:
         # Channel-wise: the scale is computed on the small mask before it is reshaped to
         # (N, 1, ..., C, ..., 1). The reshape is not element-wise, so it keeps this arithmetic
         # out of the pass over x, where it would be redone per element (measured 2.2x).
-        mask_shape = _mask_shape(x.shape, channel_axis)
-        bits = _random_bits(key, math.prod(mask_shape))
         unit_scale = mx.where(bits >= threshold, scale, 0.0).reshape(mask_shape)
     if x.dtype == mx.bfloat16:
         return cast(mx.array, _bfloat16_masked_affine(x, unit_scale, saturation, dropped))
@@ -290,15 +251,8 @@ def _forward(
 _keyed_forward = mx.compile(_forward)
 
 
-def _forward_from_global_generator(
-    x: mx.array,
-    threshold: mx.array,
-    scale: mx.array,
-    saturation: mx.array,
-    dropped: mx.array,
-    channel_axis: int | None,
-) -> mx.array:
-    return _forward(x, _global_key(), threshold, scale, saturation, dropped, channel_axis)
+def _forward_from_global_generator(x: mx.array, *args: object) -> mx.array:
+    return _forward(x, _mask.global_key(), *args)  # type: ignore[arg-type]
 
 
 @cache

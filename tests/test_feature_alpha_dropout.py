@@ -194,7 +194,7 @@ def test_matches_pytorch_on_its_own_masks():
 def test_non_finite_input():
     # Kept units follow a * x + b (inf stays inf, NaN stays NaN). A dropped unit is
     # (x - alpha') * 0 + d on the ops path, which is NaN where x is infinite or NaN, as in
-    # PyTorch (documented; the GPU kernel writes d there, see test_kernels).
+    # PyTorch (documented; the GPU kernel computes the same).
     x = np.array(normal_input((16, 5, 32), seed=9))
     x[:, 0, :] = np.inf
     x[:, 1, :] = -np.inf

@@ -153,18 +153,37 @@ def test_moments_hold_for_extreme_p(p):
 # ---- where the key comes from --------------------------------------------------------------
 
 
+def test_the_mlx_behaviour_the_mask_relies_on():
+    """What lucid_mlx/_mask.py relies on and MLX does not document; see its docstring."""
+    changed = "MLX changed a behaviour lucid_mlx/_mask.py relies on:"
+    # 1. mx.random.split(key, m) gives m keys of two uint32 words of uniform random bits.
+    keys = mx.random.split(mx.random.key(20), 2**18)
+    assert (keys.shape, keys.dtype) == ((2**18, 2), mx.uint32), f"{changed} split's keys"
+    bits = np.unpackbits(np.array(keys).view(np.uint8)).reshape(-1, 32).mean(axis=0)
+    draws = 2 * 2**18  # per bit position
+    assert np.all(np.abs(bits - 0.5) <= SIGMAS * 0.5 / math.sqrt(draws)), f"{changed} split bits"
+    # 2. A call without a key uses the second half of split(state) and keeps the first.
+    mx.random.seed(21)
+    drawn = mx.random.uniform(shape=(4,))
+    after = mx.random.uniform(shape=(4,))
+    first, second = mx.random.split(mx.random.key(21))
+    assert mx.array_equal(drawn, mx.random.uniform(shape=(4,), key=second)), f"{changed} key"
+    assert mx.array_equal(after, mx.random.uniform(shape=(4,), key=mx.random.split(first)[1])), (
+        f"{changed} the generator's next state"
+    )
+
+
 @pytest.mark.parametrize("dropout", [feature_alpha_dropout, alpha_dropout])
 def test_global_generator_hands_out_a_key_like_any_mlx_random_call(dropout):
-    # Without a key, the mask is drawn with the key MLX's own functions would get
-    # (the second half of split(state)), and the state advances exactly once.
+    # Without a key, the mask is drawn with the key MLX's own functions would get, and the
+    # state advances exactly once.
     x = normal_input((8, 3, 3, 16), seed=14)
     mx.random.seed(21)
     y = dropout(x, 0.4)
     after = mx.random.uniform(shape=(4,))
     mx.random.seed(21)
     mx.random.uniform(shape=(0,))
-    expected_after = mx.random.uniform(shape=(4,))
-    assert mx.array_equal(after, expected_after)
+    assert mx.array_equal(after, mx.random.uniform(shape=(4,)))
     assert mx.array_equal(y, dropout(x, 0.4, key=mx.random.split(mx.random.key(21))[1]))
 
 
