@@ -54,6 +54,17 @@ def check_bool(value: object, name: str, where: str, hint: str = "") -> bool:
     return value
 
 
+def check_inplace(inplace: object, where: str, call: str) -> bool:
+    """``inplace`` as PyTorch takes it (no effect here); an integer in its place is likely a
+    channel axis given by position, as ``call`` (``"FeatureAlphaDropout(0.2, "``) shows."""
+    hint = (
+        f" If you meant the channel axis, it is keyword-only: {call}channel_axis={int(inplace)})."
+        if isinstance(inplace, numbers.Integral) and not isinstance(inplace, bool) and inplace
+        else ""
+    )
+    return check_bool(inplace, "inplace", where, hint)
+
+
 def check_optional_bool(value: object, name: str, where: str) -> bool | None:
     if value is not None and not isinstance(value, bool):
         raise TypeError(

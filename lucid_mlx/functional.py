@@ -21,6 +21,7 @@ from lucid_mlx._math import (
 )
 from lucid_mlx._validation import (
     check_bool,
+    check_inplace,
     check_input,
     check_key,
     check_optional_bool,
@@ -35,6 +36,7 @@ def feature_alpha_dropout(
     x: mx.array,
     p: float = 0.5,
     training: bool = True,
+    inplace: bool = False,
     *,
     key: mx.array | None = None,
     channel_axis: int = -1,
@@ -70,6 +72,8 @@ def feature_alpha_dropout(
         training (bool): Apply dropout if ``True``; return ``x`` itself if ``False``. It may
             be given by position, as in PyTorch's ``F.feature_alpha_dropout(x, p, training)``;
             the default differs from PyTorch's (``False``). Default: ``True``.
+        inplace (bool): Accepted in PyTorch's position, with no effect: MLX arrays are
+            immutable, so the result is a new array either way. Default: ``False``.
         key (mlx.core.array, optional): PRNG key. If given, the mask is a pure function of
             ``(key, x.shape, p)``; otherwise it comes from MLX's global generator.
             Default: ``None``.
@@ -92,6 +96,7 @@ def feature_alpha_dropout(
     """
     where = "feature_alpha_dropout"
     p, training, key, use_kernel = _check_options(p, training, key, use_kernel, where)
+    check_inplace(inplace, where, f"{where}(x, {p!r}, {training!r}, ")
     x = check_input(x, where, min_ndim=2)
     axis = resolve_channel_axis(channel_axis, x.ndim, where)
     return _alpha_dropout(x, p, training, key, axis, use_kernel, where)
@@ -101,6 +106,7 @@ def alpha_dropout(
     x: mx.array,
     p: float = 0.5,
     training: bool = True,
+    inplace: bool = False,
     *,
     key: mx.array | None = None,
     use_kernel: bool | None = None,
@@ -118,6 +124,7 @@ def alpha_dropout(
         p (float): Probability of dropping an element, in ``[0, 1]``. Default: ``0.5``.
         training (bool): Apply dropout if ``True``; return ``x`` itself if ``False``; may be
             given by position, as in PyTorch. Default: ``True``.
+        inplace (bool): Accepted in PyTorch's position, with no effect. Default: ``False``.
         key (mlx.core.array, optional): PRNG key; see :func:`feature_alpha_dropout`.
             Default: ``None``.
         use_kernel (bool, optional): Kernel or ops path; see :func:`feature_alpha_dropout`.
@@ -129,6 +136,7 @@ def alpha_dropout(
     """
     where = "alpha_dropout"
     p, training, key, use_kernel = _check_options(p, training, key, use_kernel, where)
+    check_bool(inplace, "inplace", where)
     x = check_input(x, where, min_ndim=0)
     return _alpha_dropout(x, p, training, key, None, use_kernel, where)
 

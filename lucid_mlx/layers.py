@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import numbers
-
 import mlx.core as mx
 import mlx.nn as nn
 
 from lucid_mlx._validation import (
-    check_bool,
     check_channel_axis,
+    check_inplace,
     check_optional_bool,
     check_probability,
 )
@@ -21,26 +19,32 @@ __all__ = ["AlphaDropout", "FeatureAlphaDropout"]
 class _AlphaDropoutBase(nn.Module):
     """Configuration and repr shared by the two layers; subclasses define ``__call__``."""
 
-    def __init__(
-        self, p: float, inplace: bool, use_kernel: bool | None, inplace_hint: str = ""
-    ) -> None:
+    def __init__(self, p: float, inplace: bool, use_kernel: bool | None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         where = type(self).__name__
         # Plain Python attributes: MLX registers only arrays, lists and dicts as parameters.
         self.p = check_probability(p, where)
-        self.inplace = check_bool(inplace, "inplace", where, inplace_hint)
+        self.inplace = check_inplace(inplace, where, f"{where}({self.p!r}, ")
         self.use_kernel = check_optional_bool(use_kernel, "use_kernel", where)
 
     def _fields(self) -> list[str]:
         return [f"p={self.p}", f"inplace={self.inplace}"]
 
-    def _bool_key(self, key: bool) -> TypeError:
-        # layer(x, False): a ported F.alpha_dropout(x, p, training) turned into a call.
-        return TypeError(
-            f"[{type(self).__name__}] 'key' must be None or a PRNG key from"
-            f" mlx.core.random.key but got {key!r} (bool). A layer's mode is set with"
-            " .train() and .eval(), not by an argument of the call."
-        )
+    def _check_call(self, key: object, unexpected: dict[str, object]) -> None:
+        """``layer(x, False)`` or ``layer(x, training=False)``: a ported functional call."""
+        where = type(self).__name__
+        mode = "A layer's mode is set with .train() and .eval(), not by an argument of the call."
+        if isinstance(key, bool):
+            raise TypeError(
+                f"[{where}] 'key' must be None or a PRNG key from mlx.core.random.key but got"
+                f" {key!r} (bool). {mode}"
+            )
+        if unexpected:
+            names = ", ".join(repr(name) for name in unexpected)
+            raise TypeError(
+                f"[{where}] a call takes 'x' and 'key' only but got {names}."
+                + (f" {mode}" if "training" in unexpected else "")
+            )
 
     def extra_repr(self) -> str:
         fields = self._fields()
@@ -90,21 +94,11 @@ class FeatureAlphaDropout(_AlphaDropoutBase):
         channel_axis: int = -1,
         use_kernel: bool | None = None,
     ) -> None:
-        # FeatureAlphaDropout(0.2, 1) means channel_axis=1 more often than inplace=1.
-        hint = (
-            f" If you meant the channel axis, it is keyword-only:"
-            f" FeatureAlphaDropout({p!r}, channel_axis={int(inplace)})."
-            if isinstance(inplace, numbers.Integral)
-            and not isinstance(inplace, bool)
-            and int(inplace) != 0
-            else ""
-        )
-        super().__init__(p, inplace, use_kernel, hint)
+        super().__init__(p, inplace, use_kernel)
         self.channel_axis = check_channel_axis(channel_axis, type(self).__name__)
 
-    def __call__(self, x: mx.array, key: mx.array | None = None) -> mx.array:
-        if isinstance(key, bool):
-            raise self._bool_key(key)
+    def __call__(self, x: mx.array, key: mx.array | None = None, **unexpected: object) -> mx.array:
+        self._check_call(key, unexpected)
         return feature_alpha_dropout(
             x,
             self.p,
@@ -148,9 +142,8 @@ class AlphaDropout(_AlphaDropoutBase):
     ) -> None:
         super().__init__(p, inplace, use_kernel)
 
-    def __call__(self, x: mx.array, key: mx.array | None = None) -> mx.array:
-        if isinstance(key, bool):
-            raise self._bool_key(key)
+    def __call__(self, x: mx.array, key: mx.array | None = None, **unexpected: object) -> mx.array:
+        self._check_call(key, unexpected)
         return alpha_dropout(x, self.p, training=self.training, key=key, use_kernel=self.use_kernel)
 
     #: Same as calling the layer; the name PyTorch code uses.

@@ -91,7 +91,39 @@ def test_training_may_be_given_by_position_as_in_pytorch(function):
     with pytest.raises(TypeError, match=r"'training' must be a bool but got 1 \(int\)"):
         function(x, 0.2, 1)
     with pytest.raises(TypeError, match="positional argument"):
-        function(x, 0.2, True, key)  # everything after training stays keyword-only
+        function(x, 0.2, True, False, key)  # everything after inplace stays keyword-only
+
+
+@pytest.mark.parametrize("function", [feature_alpha_dropout, alpha_dropout])
+def test_pytorchs_functional_signature_is_accepted(function):
+    # torch.nn.functional.alpha_dropout(input, p=0.5, training=False, inplace=False)
+    x, key = mx.random.normal((4, 3, 3, 8), key=mx.random.key(0)), mx.random.key(1)
+    expected = function(x, 0.2, key=key)
+    assert mx.array_equal(function(x, 0.2, True, False, key=key), expected)
+    assert mx.array_equal(function(x, 0.2, True, inplace=True, key=key), expected)
+    with pytest.raises(TypeError, match=r"'inplace' must be a bool but got 'no' \(str\)\.$"):
+        function(x, 0.2, True, "no")
+
+
+def test_an_int_in_inplaces_place_points_at_channel_axis_in_the_function_too():
+    with pytest.raises(TypeError) as error:
+        feature_alpha_dropout(mx.zeros((2, 3, 4)), 0.2, True, 1)
+    assert str(error.value) == (
+        "[feature_alpha_dropout] 'inplace' must be a bool but got 1 (int). If you meant the"
+        " channel axis, it is keyword-only: feature_alpha_dropout(x, 0.2, True, channel_axis=1)."
+    )
+
+
+@pytest.mark.parametrize("layer", [FeatureAlphaDropout, AlphaDropout])
+def test_training_as_a_keyword_of_a_layer_call_points_at_train_and_eval(layer):
+    with pytest.raises(TypeError) as error:
+        layer(0.2)(mx.zeros((2, 3)), training=False)
+    assert str(error.value) == (
+        f"[{layer.__name__}] a call takes 'x' and 'key' only but got 'training'. A layer's mode"
+        " is set with .train() and .eval(), not by an argument of the call."
+    )
+    with pytest.raises(TypeError, match=r"takes 'x' and 'key' only but got 'p'\.$"):
+        layer(0.2)(mx.zeros((2, 3)), p=0.1)
 
 
 @pytest.mark.parametrize("layer", [FeatureAlphaDropout, AlphaDropout])
