@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 import shutil
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
@@ -71,24 +73,23 @@ def test_distributed_example_detects_identical_masks():
     assert re.search(r"rank \d exited with code 1", out), out
 
 
-# (script, flags, what argparse says about the last flag given)
+# (script, flags, what argparse says about the last flag given): one row per kind of error.
 BAD_FLAGS = [
     ("train_digits.py", "--epochs 0", "must be a positive integer but got '0'"),
-    ("train_digits.py", "--epochs -1", "must be a positive integer but got '-1'"),
     ("train_digits.py", "--p 1.5", "must be a probability in [0, 1) but got '1.5'"),
     ("train_digits.py", "--lr nan", "must be a positive number but got 'nan'"),
     ("train_digits.py", "--batch-size 5000",
      "must be at most the 1437 training images but got 5000"),
+    ("train_digits.py", "--resume", "needs --checkpoint-dir"),
+    ("train_digits.py", "--checkpoint-dir pyproject.toml",
+     "must be a folder but 'pyproject.toml' is a file"),
+    ("train_digits.py", "--checkpoint-dir pyproject.toml/run",
+     "cannot write a checkpoint in 'pyproject.toml/run' (Not a directory)"),
     ("train_distributed.py", "--seed -1", "must be an integer in [0, 4294967295] but got '-1'"),
-    ("train_distributed.py", "--batch-size 0", "must be a positive integer but got '0'"),
-    ("self_normalization.py", "--p 1", "must be a probability in [0, 1) but got '1'"),
-    ("self_normalization.py", "--depth two", "must be a positive integer but got 'two'"),
     ("self_normalization.py", "--plot out.txt",
      "must be a file name ending in .png, .pdf, .svg but got 'out.txt'"),
     ("self_normalization.py", "--plot pyproject.toml/x.png",
      "must be inside a folder but 'pyproject.toml' is a file (in 'pyproject.toml/x.png')"),
-    ("self_normalization.py", "--plot tests", "must be a file name ending in .png, .pdf, .svg"
-     " but got 'tests'"),
     ("self_normalization.py", "--plot x.png --no-plot", "not allowed with argument --plot"),
 ]  # fmt: skip
 
@@ -106,13 +107,12 @@ def test_bad_flag_is_a_one_line_argparse_error(script, flags, message):
     assert result.stderr.splitlines()[-1] == f"{script}: error: argument {flag}: {message}"
 
 
-def _common():
+def _example_module(name: str) -> Any:
     sys.path.insert(0, str(EXAMPLES))
     try:
-        import _common
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(EXAMPLES))
-    return _common
 
 
 @pytest.mark.parametrize(
@@ -127,7 +127,7 @@ def _common():
     ],
 )
 def test_cli_types_accept(name, text, value):
-    assert getattr(_common(), name)(text) == value
+    assert getattr(_example_module("_common"), name)(text) == value
 
 
 @pytest.mark.parametrize(
@@ -139,12 +139,11 @@ def test_cli_types_accept(name, text, value):
         ("positive_float", "inf"),
         ("positive_float", "-1e-3"),
         ("dropout_probability", "1"),
-        ("dropout_probability", "-0.1"),
     ],
 )
 def test_cli_types_refuse(name, text):
     with pytest.raises(argparse.ArgumentTypeError, match=re.escape(repr(text))):
-        getattr(_common(), name)(text)
+        getattr(_example_module("_common"), name)(text)
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("[!_]*.py")))
@@ -168,7 +167,7 @@ def _train_digits(*flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 
-def _checkpoint(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def _read_checkpoint(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     arrays, metadata = mx.load(str(folder / "checkpoint.safetensors"), return_metadata=True)
     return {k: np.array(v) for k, v in arrays.items()}, metadata
 
@@ -192,14 +191,13 @@ def test_training_killed_mid_epoch_resumes_bit_for_bit(tmp_path):
     finally:
         process.kill()
     assert process.returncode == -signal.SIGKILL
-    _, metadata = _checkpoint(killed)
+    _, metadata = _read_checkpoint(killed)
     assert metadata["epoch"] == "1", "the kill did not land in epoch 2"
     resumed = _train_digits("--checkpoint-dir", str(killed), "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.splitlines()[0].startswith("resumed from ")
-    assert "after epoch 1" in resumed.stdout.splitlines()[0]
-    expected, expected_metadata = _checkpoint(whole)
-    got, got_metadata = _checkpoint(killed)
+    assert resumed.stdout.splitlines()[0] == f"resumed from {killed} after epoch 1"
+    expected, expected_metadata = _read_checkpoint(whole)
+    got, got_metadata = _read_checkpoint(killed)
     assert got.keys() == expected.keys()
     assert any(k.startswith("optimizer.") and k.endswith(".m") for k in got)
     for name, value in expected.items():  # weights, optimizer moments, random key
@@ -208,70 +206,108 @@ def test_training_killed_mid_epoch_resumes_bit_for_bit(tmp_path):
     assert resumed.stdout.splitlines()[-1] == uninterrupted.stdout.splitlines()[-1]
 
 
-def test_a_corrupt_or_truncated_checkpoint_is_an_error_naming_the_file(tmp_path):
-    folder = tmp_path / "run"
-    assert _train_digits("--epochs", "1", "--checkpoint-dir", str(folder)).returncode == 0
-    path = folder / "checkpoint.safetensors"
-    whole = path.read_bytes()
-    flipped = bytearray(whole)
-    flipped[-100] ^= 1  # one bit of the last array: still a valid safetensors file
-    for broken in (whole[: len(whole) // 2], b"", b"not a checkpoint" * 10, bytes(flipped)):
-        path.write_bytes(broken)
-        result = _train_digits("--checkpoint-dir", str(folder), "--resume")
-        assert result.returncode == 1
-        assert result.stdout == ""  # no silent restart from scratch
-        (line,) = result.stderr.splitlines()
-        assert line.startswith(f"train_digits.py: error: {path} is not a readable checkpoint")
-    assert line.endswith("(its contents do not match the checksum written with them)")
+@pytest.fixture
+def saved(tmp_path):
+    """A checkpoint saved in tmp_path, and what load() needs to read it back."""
+    common, checkpoint = _example_module("_common"), _example_module("_checkpoint")
+    model, optimizer = common.DigitsCNN("feature_alpha", 0.1), common.make_optimizer(1e-3, 10)
+    args = (model, optimizer, np.random.default_rng(0), {"seed": 0})
+    checkpoint.save(tmp_path, 1, *args)
+    return checkpoint, tmp_path / checkpoint.CHECKPOINT, args
 
 
-def test_a_save_cut_short_before_the_rename_leaves_the_last_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(EXAMPLES))
-    train_digits = pytest.importorskip("train_digits")
-    model = train_digits.DigitsCNN("feature_alpha", 0.1)
-    optimizer = train_digits.make_optimizer(1e-3, 10)
-    run = {"seed": 0}
-    train_digits.save_checkpoint(tmp_path, 1, model, optimizer, np.random.default_rng(0), run)
-    path = tmp_path / train_digits.CHECKPOINT
-    saved = path.read_bytes()
+def _flip_a_bit(data: bytes) -> bytes:
+    flipped = bytearray(data)
+    flipped[-100] ^= 1  # in the last array: still a valid safetensors file
+    return bytes(flipped)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda data: data[: len(data) // 2], "[load_safetensors]"),
+        (lambda data: b"", "[read]"),
+        (lambda data: b"not a checkpoint" * 10, "[load_safetensors]"),
+        (_flip_a_bit, "its contents do not match the checksum written with them"),
+    ],
+    ids=["truncated", "empty", "not-safetensors", "one-bit-flipped"],
+)
+def test_a_corrupt_or_truncated_checkpoint_is_an_error_naming_the_file(saved, damage, reason):
+    checkpoint, path, args = saved
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(checkpoint.CheckpointError) as caught:
+        checkpoint.load(path.parent, *args)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path} cannot be resumed ({reason}")
+
+
+def _refused_resume(folder: Path, *flags: str) -> str:
+    """The one line train_digits.py prints when it cannot resume from ``folder``."""
+    result = _train_digits(*flags, "--checkpoint-dir", str(folder), "--resume")
+    assert result.returncode == 1
+    assert result.stdout == ""  # no silent restart from scratch
+    (line,) = result.stderr.splitlines()
+    return line
+
+
+def test_a_broken_checkpoint_says_to_delete_it_or_use_another_folder(tmp_path):
+    path = tmp_path / "checkpoint.safetensors"
+    path.write_bytes(b"not a checkpoint" * 10)
+    line = _refused_resume(tmp_path)
+    assert line.startswith(f"train_digits.py: error: {path} cannot be resumed (")
+    assert line.endswith("): delete it to start over, or point --checkpoint-dir at another folder")
+
+
+def test_a_save_cut_short_before_the_rename_leaves_the_last_checkpoint(saved, monkeypatch):
+    checkpoint, path, (model, *rest) = saved
+    before = path.read_bytes()
 
     def killed(*args: object) -> None:
         raise KeyboardInterrupt  # the process dies between writing and renaming
 
-    monkeypatch.setattr(train_digits.os, "replace", killed)
+    monkeypatch.setattr(checkpoint.os, "replace", killed)
     model.update(tree_map(lambda w: w + 1, model.parameters()))
     with pytest.raises(KeyboardInterrupt):
-        train_digits.save_checkpoint(tmp_path, 2, model, optimizer, np.random.default_rng(0), run)
-    assert (tmp_path / train_digits.PARTIAL).stat().st_size > 0  # the new one went aside
-    assert path.read_bytes() == saved  # the last checkpoint is untouched and still loads
-    epoch = train_digits.load_checkpoint(
-        path, train_digits.DigitsCNN("feature_alpha", 0.1), optimizer,
-        np.random.default_rng(0), run,
-    )  # fmt: skip
-    assert epoch == 1
+        checkpoint.save(path.parent, 2, model, *rest)
+    assert (path.parent / checkpoint.PARTIAL).stat().st_size > 0  # the new one went aside
+    assert path.read_bytes() == before  # the last checkpoint is untouched and still loads
+    assert checkpoint.load(path.parent, model, *rest) == 1
 
 
-def test_a_folder_that_cannot_take_a_checkpoint_is_refused_before_training(tmp_path):
-    (tmp_path / "afile").write_text("")
-    result = _train_digits("--checkpoint-dir", str(tmp_path / "afile" / "run"))
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+    """The checkpoint folder of a finished 1-epoch run; tests must not change it."""
+    folder = tmp_path_factory.mktemp("one_epoch")
+    result = _train_digits("--epochs", "1", "--checkpoint-dir", str(folder))
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+def test_a_checkpoint_of_another_run_is_refused(one_epoch_run):
+    assert _refused_resume(one_epoch_run, "--epochs", "1", "--seed", "1") == (
+        f"train_digits.py: error: {one_epoch_run / 'checkpoint.safetensors'} was written with"
+        " --seed 0 (now 1): resume with the flags it was written with, or point"
+        " --checkpoint-dir at another folder for a new run"
+    )
+
+
+def test_more_epochs_on_resume_says_why_they_must_match_and_how_to_train_longer(one_epoch_run):
+    assert _refused_resume(one_epoch_run, "--epochs", "2") == (
+        f"train_digits.py: error: {one_epoch_run / 'checkpoint.safetensors'} was written with"
+        " --epochs 1 (now 2): the epoch count must match, because the learning-rate schedule"
+        " depends on the total number of steps, so a run cannot be extended; to train for 2"
+        " epochs, start a new run with --epochs 2 in another --checkpoint-dir"
+    )
+
+
+def test_an_existing_checkpoint_is_not_overwritten_without_resume(one_epoch_run):
+    path = one_epoch_run / "checkpoint.safetensors"
+    before = path.read_bytes()
+    result = _train_digits("--epochs", "1", "--checkpoint-dir", str(one_epoch_run))
     assert result.returncode == 2
-    assert result.stdout == ""  # nothing trained
     assert result.stderr.splitlines()[-1] == (
-        "train_digits.py: error: argument --checkpoint-dir: cannot write a checkpoint in"
-        f" {str(tmp_path / 'afile' / 'run')!r} (Not a directory)"
+        f"train_digits.py: error: argument --checkpoint-dir: {str(path)!r} exists:"
+        " give --resume to continue it, or another folder"
     )
-
-
-def test_a_checkpoint_of_another_run_is_refused(tmp_path):
-    folder = tmp_path / "run"
-    assert _train_digits("--epochs", "1", "--checkpoint-dir", str(folder)).returncode == 0
-    result = _train_digits(
-        "--epochs", "1", "--seed", "1", "--checkpoint-dir", str(folder), "--resume"
-    )
-    assert result.returncode == 1
-    assert result.stderr.strip().endswith(
-        "belongs to another run: it was written with --seed 0 (now 1)"
-    )
-    again = _train_digits("--checkpoint-dir", str(folder))  # without --resume: not overwritten
-    assert again.returncode == 2
-    assert "give --resume to continue it, or another folder" in again.stderr
+    assert path.read_bytes() == before
