@@ -28,7 +28,9 @@ def test_statistics_per_layer_on_sequential_and_list():
 
 
 def test_rejects_bad_arguments():
-    with pytest.raises(TypeError, match=r"'x' must be an mlx\.core\.array"):
+    with pytest.raises(
+        TypeError, match=r"'x' must be an mlx\.core\.array but got ndarray\. Convert it with"
+    ):
         layer_statistics([nn.Identity()], np.zeros(3))
     not_layers = r"'model' must be an mlx\.nn\.Module or a list of layers but got"
     with pytest.raises(TypeError, match=not_layers + " int"):
@@ -257,3 +259,70 @@ def test_recorded_outputs_are_freed_when_the_call_returns():
         gc.enable()
     # Four outputs of 1 MiB each would stay alive if anything still held them.
     assert retained < 2**20, retained
+
+
+class TwoInputs(nn.Module):
+    """A forward pass with a keyword input, as multi-modal models have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image = nn.Linear(3, 2)
+        self.omic = nn.Linear(4, 2)
+
+    def __call__(self, x: mx.array, *, x_omic: mx.array, scale: float = 1.0) -> mx.array:
+        return scale * (self.image(x) + self.omic(x_omic))
+
+
+def test_the_inputs_are_passed_to_the_forward_pass_as_given():
+    model = TwoInputs()
+    x, omic = mx.ones((2, 3)), mx.ones((2, 4))
+    stats = layer_statistics(model, x, x_omic=omic, scale=2.0)
+    assert [s.path for s in stats] == ["image", "omic"]
+    assert stats[1].mean == pytest.approx(mx.mean(model.omic(omic)).item())
+    only = layer_statistics(model, x_omic=omic, x=x, watch=(nn.Linear,))
+    assert [(s.mean, s.variance) for s in only] == [(s.mean, s.variance) for s in stats]
+    # One array, by position or as x=, for a Sequential and a list, as before.
+    sequential = nn.Sequential(nn.Identity())
+    assert layer_statistics(sequential, x=x) == layer_statistics(sequential, x)
+
+
+def test_an_array_of_another_library_is_refused_with_the_conversion():
+    model = TwoInputs()
+    convert = r" must be an mlx\.core\.array but got ndarray\. Convert it with mx\.array\(x\)\."
+    with pytest.raises(TypeError, match=r"\[layer_statistics\] 'x'" + convert):
+        layer_statistics(model, np.ones((2, 3)), x_omic=mx.ones((2, 4)))
+    with pytest.raises(TypeError, match=r"\[layer_statistics\] 'x_omic'" + convert):
+        layer_statistics(model, mx.ones((2, 3)), x_omic=np.ones((2, 4)))
+    with pytest.raises(TypeError, match=r"\[layer_statistics\] 'args\[1\]'" + convert):
+        layer_statistics(model, mx.ones((2, 3)), np.ones((2, 4)))
+    assert type(model.image) is nn.Linear
+
+
+def test_a_sequential_takes_one_input():
+    with pytest.raises(
+        TypeError,
+        match=r"a Sequential or a list of layers takes one input, 'x', passed from layer to"
+        r" layer, but got 1 positional and 1 keyword inputs \(mask\)\. A model whose",
+    ):
+        layer_statistics(nn.Sequential(nn.Identity()), mx.zeros(3), mask=mx.zeros(3))
+    with pytest.raises(TypeError, match=r"but got 0 positional and 0 keyword inputs\."):
+        layer_statistics([nn.Identity()])
+
+
+@pytest.mark.parametrize(
+    "transformed",
+    [
+        lambda model: mx.compile(model),
+        lambda model: mx.compile(model.__call__),
+        lambda model: mx.vmap(model),
+    ],
+    ids=["compile", "compile-call", "vmap"],
+)
+@pytest.mark.parametrize("model", [nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2), nn.SELU())])
+def test_a_compiled_model_is_refused_with_what_to_pass(transformed, model):
+    with pytest.raises(
+        TypeError,
+        match=r"'model' must be a model or a list of layers, not a function transformed by MLX"
+        r" .*Pass the model itself: layer_statistics\(model, x\)\.",
+    ):
+        layer_statistics(transformed(model), mx.zeros((1, 2)))
