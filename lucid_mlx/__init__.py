@@ -14,11 +14,13 @@ except ImportError as error:
 
 from lucid_mlx import init
 from lucid_mlx._version import __version__
+from lucid_mlx.activations import SELU, selu
 from lucid_mlx.functional import alpha_dropout, feature_alpha_dropout
 from lucid_mlx.layers import AlphaDropout, FeatureAlphaDropout
 from lucid_mlx.monitor import LayerStatistics, layer_statistics
 
 __all__ = [
+    "SELU",
     "AlphaDropout",
     "FeatureAlphaDropout",
     "LayerStatistics",
@@ -27,4 +29,5 @@ __all__ = [
     "feature_alpha_dropout",
     "init",
     "layer_statistics",
+    "selu",
 ]

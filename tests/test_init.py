@@ -9,6 +9,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
+import lucid_mlx
 from lucid_mlx.init import fan_in, lecun_normal, selu_init
 
 SIGMAS = 5.0
@@ -87,10 +88,12 @@ def test_lecun_normal_dtype_and_shape():
     assert w.shape == (8, 3, 3, 4)
 
 
-def test_selu_init_touches_every_linear_and_conv_and_zeroes_biases():
+# The package's SELU and MLX's: activations without parameters, which selu_init leaves alone.
+@pytest.mark.parametrize("activation", [lucid_mlx.SELU, nn.SELU])
+def test_selu_init_touches_every_linear_and_conv_and_zeroes_biases(activation):
     model = nn.Sequential(
         nn.Conv1d(2, 4, 3),
-        nn.Sequential(nn.Conv2d(4, 8, 3), nn.SELU()),
+        nn.Sequential(nn.Conv2d(4, 8, 3), activation()),
         nn.Conv3d(8, 8, 1, bias=False),
         nn.Linear(8, 3),
         nn.LayerNorm(3),
@@ -111,6 +114,7 @@ def test_selu_init_touches_every_linear_and_conv_and_zeroes_biases():
             assert not np.array(layer.bias).any()
     assert "bias" not in model.layers[2]
     assert model.layers[4].weight is norm_weight  # LayerNorm is not a Linear/Conv: untouched
+    assert type(model.layers[1].layers[1]) is activation
 
 
 def test_selu_init_with_key_is_reproducible():
