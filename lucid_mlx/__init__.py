@@ -16,7 +16,7 @@ from lucid_mlx import init
 from lucid_mlx._version import __version__
 from lucid_mlx.activations import SELU, selu
 from lucid_mlx.functional import alpha_dropout, feature_alpha_dropout
-from lucid_mlx.layers import AlphaDropout, FeatureAlphaDropout
+from lucid_mlx.layers import AlphaDropout, FeatureAlphaDropout, set_eval_rule
 from lucid_mlx.monitor import LayerStatistics, layer_statistics
 
 __all__ = [
@@ -30,4 +30,5 @@ __all__ = [
     "init",
     "layer_statistics",
     "selu",
+    "set_eval_rule",
 ]

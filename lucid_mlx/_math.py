@@ -76,3 +76,15 @@ def drop_threshold(p: float) -> int:
 def realized_probability(p: float) -> float:
     """The drop probability the mask actually uses for ``p`` in ``(0, 1)``: ``t / 2**16``."""
     return drop_threshold(p) / MASK_LEVELS
+
+
+def mean_scale(p: float) -> float:
+    """``a * q``, for the drop probability the mask uses: alpha dropout's train-mode mean.
+
+    Given ``x``, a kept unit is ``a x + b`` (probability ``q``) and a dropped one
+    ``a alpha' + b`` (probability ``p``), so ``E[y | x] = a q x + b + a alpha' p = a q x``.
+    ``p`` is taken as given, in ``[0, 1]``; at ``p == 1`` the limit is 0.
+    """
+    if p == 1.0:
+        return 0.0
+    return alpha_dropout_coefficients(p).scale * (1.0 - p)

@@ -65,6 +65,17 @@ def check_inplace(inplace: object, where: str, call: str) -> bool:
     return check_bool(inplace, "inplace", where, hint)
 
 
+EVAL_RULES = ("identity", "mean")
+
+
+def check_eval_rule(eval_rule: object, where: str) -> str:
+    if not isinstance(eval_rule, str) or eval_rule not in EVAL_RULES:
+        raise ValueError(
+            f"[{where}] 'eval_rule' must be 'identity' or 'mean' but got {_describe(eval_rule)}."
+        )
+    return eval_rule
+
+
 def check_optional_bool(value: object, name: str, where: str) -> bool | None:
     if value is not None and not isinstance(value, bool):
         raise TypeError(

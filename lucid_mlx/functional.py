@@ -18,9 +18,11 @@ from lucid_mlx._math import (
     SELU_SATURATION,
     alpha_dropout_coefficients,
     drop_threshold,
+    mean_scale,
 )
 from lucid_mlx._validation import (
     check_bool,
+    check_eval_rule,
     check_inplace,
     check_input,
     check_key,
@@ -41,6 +43,7 @@ def feature_alpha_dropout(
     key: mx.array | None = None,
     channel_axis: int = -1,
     use_kernel: bool | None = None,
+    eval_rule: str = "identity",
 ) -> mx.array:
     r"""Channel-wise alpha dropout for self-normalizing (SELU) networks.
 
@@ -84,11 +87,15 @@ def feature_alpha_dropout(
             CUDA backend; ``RuntimeError`` saying why where it cannot run); ``None`` and
             ``False`` take the compiled ops path (``None`` will pick the kernel where it is
             measured faster: so far nowhere). Same mask either way. Default: ``None``.
+        eval_rule (str): What to return when not training: ``"identity"`` returns ``x``
+            itself, as PyTorch does; ``"mean"`` returns :math:`a (1 - \hat p)\,x`, the
+            train-mode output's mean given ``x`` (with ``a`` and :math:`\hat p` as above).
+            Default: ``"identity"``.
 
     Returns:
-        mlx.core.array: An array of ``x``'s shape and dtype. ``x`` itself when not training,
-        when ``p == 0`` or when ``x`` is empty; zeros (the limit of the affine map) when
-        ``p == 1``.
+        mlx.core.array: An array of ``x``'s shape and dtype. ``x`` itself when not training
+        (with ``eval_rule="identity"``), when ``p == 0`` or when ``x`` is empty; zeros (the
+        limit of the affine map) when ``p == 1``.
 
     Shape:
         - Input: :math:`(N, *, C, *)`, with ``C`` on ``channel_axis``.
@@ -96,10 +103,11 @@ def feature_alpha_dropout(
     """
     where = "feature_alpha_dropout"
     p, training, key, use_kernel = _check_options(p, training, key, use_kernel, where)
+    eval_rule = check_eval_rule(eval_rule, where)
     check_inplace(inplace, where, f"{where}(x, {p!r}, {training!r}, ")
     x = check_input(x, where, min_ndim=2)
     axis = resolve_channel_axis(channel_axis, x.ndim, where)
-    return _alpha_dropout(x, p, training, key, axis, use_kernel, where)
+    return _alpha_dropout(x, p, training, key, axis, use_kernel, eval_rule, where)
 
 
 def alpha_dropout(
@@ -110,6 +118,7 @@ def alpha_dropout(
     *,
     key: mx.array | None = None,
     use_kernel: bool | None = None,
+    eval_rule: str = "identity",
 ) -> mx.array:
     r"""Element-wise alpha dropout for self-normalizing (SELU) networks.
 
@@ -129,6 +138,8 @@ def alpha_dropout(
             Default: ``None``.
         use_kernel (bool, optional): Kernel or ops path; see :func:`feature_alpha_dropout`.
             Default: ``None``.
+        eval_rule (str): ``"identity"`` or ``"mean"`` (:math:`a (1 - \hat p)\,x`) when not
+            training; see :func:`feature_alpha_dropout`. Default: ``"identity"``.
 
     Returns:
         mlx.core.array: An array of ``x``'s shape and dtype, with the same special cases as
@@ -136,9 +147,10 @@ def alpha_dropout(
     """
     where = "alpha_dropout"
     p, training, key, use_kernel = _check_options(p, training, key, use_kernel, where)
+    eval_rule = check_eval_rule(eval_rule, where)
     check_bool(inplace, "inplace", where)
     x = check_input(x, where, min_ndim=0)
-    return _alpha_dropout(x, p, training, key, None, use_kernel, where)
+    return _alpha_dropout(x, p, training, key, None, use_kernel, eval_rule, where)
 
 
 def _check_options(
@@ -160,14 +172,17 @@ def _alpha_dropout(
     key: mx.array | None,
     channel_axis: int | None,
     use_kernel: bool | None,
+    eval_rule: str,
     where: str,
 ) -> mx.array:
     """Shared body of both functions, after validation.
 
     ``channel_axis`` is None for the element-wise variant.
     """
-    if not training or p == 0.0 or x.size == 0:
+    if p == 0.0 or x.size == 0 or not (training or eval_rule == "mean"):
         return x
+    if not training:
+        return _scaled(x, p)
     if p == 1.0:
         return mx.zeros_like(x)
     if channel_axis is not None and x.size == x.shape[0] * x.shape[channel_axis]:
@@ -182,6 +197,13 @@ def _alpha_dropout(
     if key is None:
         return _global_forward()(x, *constants, channel_axis, fused)
     return _keyed_forward(x, key, *constants, channel_axis, fused)
+
+
+def _scaled(x: mx.array, p: float) -> mx.array:
+    """``a q x`` in the compute dtype, rounded once to ``x``'s: the ``"mean"`` eval rule."""
+    realized = p if p == 1.0 else drop_threshold(p) / MASK_LEVELS
+    compute = _compute_dtype(x.dtype)
+    return (x.astype(compute) * mx.array(mean_scale(realized), compute)).astype(x.dtype)
 
 
 def _fused(use_kernel: bool | None, x: mx.array, where: str) -> bool:

@@ -7,25 +7,27 @@ import mlx.nn as nn
 
 from lucid_mlx._validation import (
     check_channel_axis,
+    check_eval_rule,
     check_inplace,
     check_optional_bool,
     check_probability,
 )
 from lucid_mlx.functional import alpha_dropout, feature_alpha_dropout
 
-__all__ = ["AlphaDropout", "FeatureAlphaDropout"]
+__all__ = ["AlphaDropout", "FeatureAlphaDropout", "set_eval_rule"]
 
 
 class _AlphaDropoutBase(nn.Module):
     """Configuration and repr shared by the two layers; subclasses define ``__call__``."""
 
-    def __init__(self, p: float, inplace: bool, use_kernel: bool | None) -> None:
+    def __init__(self, p: float, inplace: bool, use_kernel: bool | None, eval_rule: str) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         where = type(self).__name__
         # Plain Python attributes: MLX registers only arrays, lists and dicts as parameters.
         self.p = check_probability(p, where)
         self.inplace = check_inplace(inplace, where, f"{where}({self.p!r}, ")
         self.use_kernel = check_optional_bool(use_kernel, "use_kernel", where)
+        self.eval_rule = check_eval_rule(eval_rule, where)
 
     def _fields(self) -> list[str]:
         return [f"p={self.p}", f"inplace={self.inplace}"]
@@ -48,9 +50,11 @@ class _AlphaDropoutBase(nn.Module):
 
     def extra_repr(self) -> str:
         fields = self._fields()
-        # use_kernel is shown only when set: None (automatic) is an implementation detail.
+        # use_kernel and eval_rule are shown only when they differ from the defaults.
         if self.use_kernel is not None:
             fields.append(f"use_kernel={self.use_kernel}")
+        if self.eval_rule != "identity":
+            fields.append(f"eval_rule={self.eval_rule!r}")
         return ", ".join(fields)
 
     def _extra_repr(self) -> str:
@@ -80,6 +84,10 @@ class FeatureAlphaDropout(_AlphaDropoutBase):
             channels-last layouts, ``1`` for PyTorch-style ``(N, C, *)``. Default: ``-1``.
         use_kernel (bool, optional): Fused GPU kernel or compiled ops path; see
             :func:`lucid_mlx.feature_alpha_dropout`. Default: ``None`` (automatic).
+        eval_rule (str): In eval mode, ``"identity"`` returns the input; ``"mean"`` returns
+            ``a * (1 - p) * x``, the train-mode output's mean (see
+            :func:`lucid_mlx.feature_alpha_dropout`; :func:`set_eval_rule` switches every
+            layer of a model). Default: ``"identity"``.
 
     Shape:
         - Input: :math:`(N, *, C, *)`, at least 2 dimensions, batch first.
@@ -93,8 +101,9 @@ class FeatureAlphaDropout(_AlphaDropoutBase):
         *,
         channel_axis: int = -1,
         use_kernel: bool | None = None,
+        eval_rule: str = "identity",
     ) -> None:
-        super().__init__(p, inplace, use_kernel)
+        super().__init__(p, inplace, use_kernel, eval_rule)
         self.channel_axis = check_channel_axis(channel_axis, type(self).__name__)
 
     def __call__(self, x: mx.array, key: mx.array | None = None, **unexpected: object) -> mx.array:
@@ -106,6 +115,7 @@ class FeatureAlphaDropout(_AlphaDropoutBase):
             key=key,
             channel_axis=self.channel_axis,
             use_kernel=self.use_kernel,
+            eval_rule=self.eval_rule,
         )
 
     #: Same as calling the layer; the name PyTorch code uses.
@@ -131,6 +141,8 @@ class AlphaDropout(_AlphaDropoutBase):
             Default: ``False``.
         use_kernel (bool, optional): Fused GPU kernel or compiled ops path; see
             :func:`lucid_mlx.feature_alpha_dropout`. Default: ``None`` (automatic).
+        eval_rule (str): ``"identity"`` or ``"mean"`` in eval mode; see
+            :class:`FeatureAlphaDropout`. Default: ``"identity"``.
 
     Shape:
         - Input: any shape.
@@ -138,13 +150,49 @@ class AlphaDropout(_AlphaDropoutBase):
     """
 
     def __init__(
-        self, p: float = 0.5, inplace: bool = False, *, use_kernel: bool | None = None
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        use_kernel: bool | None = None,
+        eval_rule: str = "identity",
     ) -> None:
-        super().__init__(p, inplace, use_kernel)
+        super().__init__(p, inplace, use_kernel, eval_rule)
 
     def __call__(self, x: mx.array, key: mx.array | None = None, **unexpected: object) -> mx.array:
         self._check_call(key, unexpected)
-        return alpha_dropout(x, self.p, training=self.training, key=key, use_kernel=self.use_kernel)
+        return alpha_dropout(
+            x,
+            self.p,
+            training=self.training,
+            key=key,
+            use_kernel=self.use_kernel,
+            eval_rule=self.eval_rule,
+        )
 
     #: Same as calling the layer; the name PyTorch code uses.
     forward = __call__
+
+
+def set_eval_rule(model: nn.Module, eval_rule: str) -> nn.Module:
+    """Set ``eval_rule`` on every :class:`AlphaDropout` and :class:`FeatureAlphaDropout` in
+    ``model`` (the model itself included), and return ``model``.
+
+    A function compiled with ``mx.compile`` keeps the rule it was traced with, as it keeps
+    the training mode, and MLX reuses the trace of a callable it has compiled before
+    (``mx.compile(model)`` again does not retrace): after switching, compile a new function,
+    e.g. ``mx.compile(lambda x: model(x))``.
+
+    Args:
+        model (mlx.nn.Module): The model whose alpha-dropout layers to switch.
+        eval_rule (str): ``"identity"`` or ``"mean"``; see :class:`FeatureAlphaDropout`.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"[set_eval_rule] 'model' must be an mlx.nn.Module but got {type(model).__name__}."
+        )
+    rule = check_eval_rule(eval_rule, "set_eval_rule")
+    for module in model.modules():  # type: ignore[no-untyped-call]
+        if isinstance(module, _AlphaDropoutBase):
+            module.eval_rule = rule
+    return model
