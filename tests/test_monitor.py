@@ -9,6 +9,7 @@ import pytest
 
 import lucid_mlx
 from lucid_mlx import FeatureAlphaDropout, LayerStatistics, layer_statistics
+from lucid_mlx.activations import SELU
 
 
 def test_statistics_per_layer_on_sequential_and_list():
@@ -326,3 +327,20 @@ def test_a_compiled_model_is_refused_with_what_to_pass(transformed, model):
         r" .*Pass the model itself: layer_statistics\(model, x\)\.",
     ):
         layer_statistics(transformed(model), mx.zeros((1, 2)))
+
+
+def test_both_selu_modules_are_watched_by_default():
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(2, 2)
+            self.selu = SELU()
+            self.mlx_selu = nn.SELU()
+
+        def __call__(self, x: mx.array) -> mx.array:
+            return self.mlx_selu(self.selu(self.linear(x)))
+
+    stats = layer_statistics(Model(), mx.ones((3, 2)))
+    assert [(s.path, s.name) for s in stats] == [
+        ("linear", "Linear"), ("selu", "SELU"), ("mlx_selu", "SELU")
+    ]  # fmt: skip
