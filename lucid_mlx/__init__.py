@@ -17,7 +17,7 @@ from lucid_mlx._version import __version__
 from lucid_mlx.activations import SELU, selu
 from lucid_mlx.functional import alpha_dropout, feature_alpha_dropout
 from lucid_mlx.layers import AlphaDropout, FeatureAlphaDropout, set_eval_rule
-from lucid_mlx.monitor import LayerStatistics, layer_statistics
+from lucid_mlx.monitor import LayerStatistics, layer_statistics, mean_and_variance
 
 __all__ = [
     "SELU",
@@ -29,6 +29,7 @@ __all__ = [
     "feature_alpha_dropout",
     "init",
     "layer_statistics",
+    "mean_and_variance",
     "selu",
     "set_eval_rule",
 ]

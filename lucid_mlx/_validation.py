@@ -84,14 +84,15 @@ def check_optional_bool(value: object, name: str, where: str) -> bool | None:
     return value
 
 
-def check_input(x: object, where: str, *, min_ndim: int) -> mx.array:
-    """Check that ``x`` is a floating-point ``mx.array`` with at least ``min_ndim`` axes."""
+def check_input(x: object, where: str, *, min_ndim: int, name: str = "x") -> mx.array:
+    """Check that ``x`` is a floating-point ``mx.array`` with at least ``min_ndim`` axes;
+    ``name`` is the argument's name in the messages."""
     if not isinstance(x, mx.array):
         # NumPy arrays, torch tensors, lists and numbers all convert with mx.array(x).
         convertible = hasattr(x, "__array__") or isinstance(x, (list, tuple, numbers.Number))
-        hint = " Convert it with mx.array(x)." if convertible else ""
+        hint = f" Convert it with mx.array({name})." if convertible else ""
         raise TypeError(
-            f"[{where}] 'x' must be an mlx.core.array but got {type(x).__name__}.{hint}"
+            f"[{where}] '{name}' must be an mlx.core.array but got {type(x).__name__}.{hint}"
         )
     if not mx.issubdtype(x.dtype, mx.floating):
         raise TypeError(

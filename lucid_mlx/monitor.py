@@ -226,10 +226,7 @@ def layer_statistics(
 def _check_input(value: object, name: str) -> None:
     """Refuse an array of another library (NumPy, PyTorch), which MLX layers cannot take."""
     if hasattr(value, "__array__") and not isinstance(value, mx.array):
-        try:
-            check_input(value, "layer_statistics", min_ndim=0)
-        except TypeError as error:  # check_input calls its argument 'x': name this one
-            raise TypeError(str(error).replace("'x'", f"'{name}'", 1)) from None
+        check_input(value, "layer_statistics", min_ndim=0, name=name)
 
 
 def _single_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> mx.array:

@@ -15,8 +15,8 @@ from tests.reference import coefficients, normal_input, recover_keep, used_proba
 def test_public_names():
     assert sorted(lucid_mlx.__all__) == sorted(
         ["AlphaDropout", "FeatureAlphaDropout", "LayerStatistics", "SELU", "__version__",
-         "alpha_dropout", "feature_alpha_dropout", "init", "layer_statistics", "selu",
-         "set_eval_rule"]
+         "alpha_dropout", "feature_alpha_dropout", "init", "layer_statistics",
+         "mean_and_variance", "selu", "set_eval_rule"]
     )  # fmt: skip
     for name in lucid_mlx.__all__:
         assert hasattr(lucid_mlx, name)
