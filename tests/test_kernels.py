@@ -207,7 +207,10 @@ def test_planted_defects_fail(tmp_path):
         build(_kernels.CUDA_THREAD_INDEX + _kernels.BODY.replace(";", "", 1), tmp_path)
 
 
-@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed: the CUDA source is not compiled")
+@pytest.mark.skipif(
+    NVCC is None or GXX is None,
+    reason="nvcc, or the host compiler it needs, is not installed: the CUDA source is not compiled",
+)
 def test_nvcc_compiles_the_cuda_source(tmp_path):
     parameters = "const T* x, const uint16_t* bits, const float* coefficients,"
     parameters += " const int32_t* layout, T* out"
