@@ -25,16 +25,19 @@ import mlx.core as mx
 
 
 def random_bits(key: mx.array, size: int) -> mx.array:
-    """``size`` uniform 16-bit integers (uint16, flat): a pure function of ``key``."""
-    bits = mx.random.split(key, (size + 3) // 4).view(mx.uint16).reshape(-1)
-    return bits if bits.size == size else bits[:size]
+    """``size`` uniform 16-bit integers (uint16, row-major, not yet shaped): a pure function of
+    ``key``. The result is ``(size / 4, 4)`` when ``size`` is a multiple of 4 (no reshape: a
+    node fewer per call), else flat; callers reshape it."""
+    bits = mx.random.split(key, (size + 3) // 4).view(mx.uint16)
+    return bits if bits.size == size else bits.reshape(-1)[:size]
 
 
 def global_key() -> mx.array:
     """A fresh key from MLX's global generator, advancing it as every ``mx.random`` call does."""
     state: mx.array = mx.random.state[0]  # type: ignore[index]  # typed as a plain object
     mx.random.uniform(shape=(0,))
-    return mx.random.split(state)[1]
+    # split + reshape, not [1]: indexing adds a node, and a small eager call pays per node.
+    return mx.split(mx.random.split(state), 2)[1].reshape(2)
 
 
 def mask_shape(shape: Sequence[int], channel_axis: int | None) -> list[int]:
