@@ -23,7 +23,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 
-from lucid_mlx import AlphaDropout, FeatureAlphaDropout
+from lucid_mlx import SELU, AlphaDropout, FeatureAlphaDropout
 
 # numpy's default_rng and scikit-learn's random_state take seeds up to 2**32 - 1.
 MAX_SEED = 2**32 - 1
@@ -123,15 +123,15 @@ class DigitsCNN(nn.Module):
             dense_dropout = nn.Dropout(p)
         self.features = nn.Sequential(
             nn.Conv2d(1, 16, 3, padding=1),
-            nn.SELU(),
+            SELU(),
             channel_dropout(),
             nn.Conv2d(16, 32, 3, padding=1),
-            nn.SELU(),
+            SELU(),
             channel_dropout(),
             nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
-            nn.Linear(4 * 4 * 32, 128), nn.SELU(), dense_dropout, nn.Linear(128, 10)
+            nn.Linear(4 * 4 * 32, 128), SELU(), dense_dropout, nn.Linear(128, 10)
         )
 
     def __call__(self, x: mx.array) -> mx.array:

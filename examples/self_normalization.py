@@ -42,7 +42,7 @@ def selu_stack(depth: int, channels: int, dropout: nn.Module, seed: int) -> nn.S
     """``depth`` blocks of conv 3x3 -> SELU -> dropout, LeCun-initialized from ``seed``."""
     blocks: list[nn.Module] = []
     for _ in range(depth):
-        blocks += [nn.Conv2d(channels, channels, 3, padding=1), nn.SELU(), dropout]
+        blocks += [nn.Conv2d(channels, channels, 3, padding=1), lucid_mlx.SELU(), dropout]
     model = nn.Sequential(*blocks)
     return lucid_mlx.init.selu_init(model, key=mx.random.key(seed))
 
