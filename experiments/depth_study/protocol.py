@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import NamedTuple
@@ -293,15 +294,11 @@ def evaluate_mlx(model: DepthNet, kind: str) -> Rules:
     return rules["identity"], rules.get("mean"), mc
 
 
-def train_mlx(job: TrainJob) -> RunResult:
-    data = load_data()
-    x_train, y_train = mx.array(data.x_train), mx.array(data.y_train.astype(np.int32))
-    x_test, y_test = mx.array(data.x_test), data.y_test
-    model = initial_net(job.depth, job.kind, job.p, job.placement, job.seed)
-    orders = batch_orders(job.seed, job.epochs, x_train.shape[0])
-    steps = len(orders) // job.epochs
-    optimizer = optim.Adam(learning_rate=optim.cosine_decay(LR, len(orders)))
-    assert optimizer.bias_correction is False  # the protocol: MLX's default
+def compiled_step(
+    model: nn.Module, optimizer: optim.Optimizer
+) -> tuple[Callable[[mx.array, mx.array], mx.array], list[object]]:
+    """One cross-entropy training step, compiled with the model's, the optimizer's and the
+    generator's state (the dropout keys), and that state, to evaluate after each step."""
 
     def loss_fn(model: nn.Module, x: mx.array, y: mx.array) -> mx.array:
         return nn.losses.cross_entropy(model(x), y, reduction="mean")
@@ -314,6 +311,20 @@ def train_mlx(job: TrainJob) -> RunResult:
         optimizer.update(model, grads)
         return loss
 
+    return step, state
+
+
+def train_mlx(job: TrainJob) -> RunResult:
+    data = load_data()
+    x_train, y_train = mx.array(data.x_train), mx.array(data.y_train.astype(np.int32))
+    x_test, y_test = mx.array(data.x_test), data.y_test
+    model = initial_net(job.depth, job.kind, job.p, job.placement, job.seed)
+    orders = batch_orders(job.seed, job.epochs, x_train.shape[0])
+    steps = len(orders) // job.epochs
+    optimizer = optim.Adam(learning_rate=optim.cosine_decay(LR, len(orders)))
+    assert optimizer.bias_correction is False  # the protocol: MLX's default
+
+    step, state = compiled_step(model, optimizer)
     mx.random.seed(job.seed)  # the dropout keys: the same stream in both dropout arms
     model.train()
     log = []

@@ -170,12 +170,20 @@ def write_outputs(study: Study, out: Path, wall: float) -> None:
     write_csv(study, out)
     (out / "tables.md").write_text(tables(study))
     plot(study, out)
+    rows = [result_row(r) for r in study.results]
+    write_summary(out, protocol_description(), asdict(study.grid), wall, rows)
+
+
+def write_summary(
+    out: Path, protocol: dict[str, str], grid: dict[str, Any], wall: float, rows: list[Any]
+) -> None:
+    """``results.json``: the protocol, the grid, the machine, the wall time and every row."""
     summary = {
-        "protocol": protocol_description(),
-        "grid": asdict(study.grid),
+        "protocol": protocol,
+        "grid": grid,
         "environment": environment(),
         "wall_seconds": round(wall, 1),
-        "results": [result_row(r) for r in study.results],
+        "results": rows,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
 
