@@ -32,7 +32,7 @@ def test_self_normalization_example(tmp_path):
     pytest.importorskip("matplotlib", reason="the examples extra (matplotlib) is not installed")
     plot = tmp_path / "plot.png"
     out = run(sys.executable, str(EXAMPLES / "self_normalization.py"), "--depth", "4",
-              "--size", "8", "--batch", "4", "--plot", str(plot))  # fmt: skip
+              "--size", "8", "--batch", "4", "--plot", str(plot), "--cpu")  # fmt: skip
     assert "FeatureAlphaDropout" in out
     assert "final block:" in out
     assert plot.stat().st_size > 10_000
@@ -52,7 +52,7 @@ def _launch(*script_args: str) -> str:
         pytest.skip("mlx.launch is not installed next to this Python")
     result = subprocess.run(
         [launcher, "--backend", "ring", "-n", "2", "--python", sys.executable,
-         str(EXAMPLES / "train_distributed.py"), "--epochs", "1", *script_args],
+         str(EXAMPLES / "train_distributed.py"), "--epochs", "1", "--cpu", *script_args],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     # mlx.launch (0.32.4) exits 0 even when a rank fails; it prints a warning instead.
