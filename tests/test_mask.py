@@ -171,6 +171,10 @@ def test_the_mlx_behaviour_the_mask_relies_on():
     assert mx.array_equal(after, mx.random.uniform(shape=(4,), key=mx.random.split(first)[1])), (
         f"{changed} the generator's next state"
     )
+    # ... and an empty draw advances the state all the same.
+    mx.random.seed(21)
+    mx.random.uniform(shape=(0,))
+    assert mx.array_equal(mx.random.uniform(shape=(4,)), after), f"{changed} an empty draw"
 
 
 @pytest.mark.parametrize("dropout", [feature_alpha_dropout, alpha_dropout])
