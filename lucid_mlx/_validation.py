@@ -96,17 +96,17 @@ def check_input(x: object, where: str, *, min_ndim: int, name: str = "x") -> mx.
         )
     if not mx.issubdtype(x.dtype, mx.floating):
         raise TypeError(
-            f"[{where}] 'x' must have a floating-point dtype (float16, bfloat16, float32"
+            f"[{where}] '{name}' must have a floating-point dtype (float16, bfloat16, float32"
             f" or float64) but got {x.dtype}."
         )
     if x.ndim < min_ndim:
         hint = (
-            "add a batch axis, e.g. x[None]."
+            f"add a batch axis, e.g. {name}[None]."
             if x.ndim == min_ndim - 1
             else f"reshape it to (batch, ...) with at least {min_ndim} dimensions."
         )
         raise ValueError(
-            f"[{where}] 'x' must have at least {min_ndim} dimensions (batch first) but got"
+            f"[{where}] '{name}' must have at least {min_ndim} dimensions (batch first) but got"
             f" shape {tuple(x.shape)} with {x.ndim}. Axis 0 is always the batch: {hint}"
         )
     return x

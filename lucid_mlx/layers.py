@@ -85,7 +85,7 @@ class FeatureAlphaDropout(_AlphaDropoutBase):
         use_kernel (bool, optional): Fused GPU kernel or compiled ops path; see
             :func:`lucid_mlx.feature_alpha_dropout`. Default: ``None`` (automatic).
         eval_rule (str): In eval mode, ``"identity"`` returns the input; ``"mean"`` returns
-            ``a * (1 - p) * x``, the train-mode output's mean (see
+            ``a * (1 - p) * x`` (``p`` as realized to 16 bits), the train-mode output's mean (see
             :func:`lucid_mlx.feature_alpha_dropout`; :func:`set_eval_rule` switches every
             layer of a model). Default: ``"identity"``.
 

@@ -57,7 +57,8 @@ def mean_and_variance(x: mx.array) -> tuple[float, float]:
 
     At 10^7 elements the error of the mean stays near 1e-7 of the standard deviation, and
     that of the variance near 1e-7 of the variance, whatever the mean, in about the time
-    ``mx.mean`` and ``mx.var`` take together. Inputs of every dtype are read as float32.
+    ``mx.mean`` and ``mx.var`` take together. Inputs are read as float32 (float64 as float64);
+    complex input is refused.
 
     Args:
         x (mlx.core.array): Any shape; an empty array gives ``nan`` for both.
@@ -67,10 +68,15 @@ def mean_and_variance(x: mx.array) -> tuple[float, float]:
         (``ddof=0``, as ``mx.var`` and ``numpy.var`` default to).
 
     Raises:
-        TypeError: ``x`` is not an ``mlx.core.array``.
+        TypeError: ``x`` is not an ``mlx.core.array``, or is complex.
     """
-    if not isinstance(x, mx.array):  # any dtype will do, so check_input only for the type
+    if not isinstance(x, mx.array):  # any real dtype will do, so check_input only for the type
         check_input(x, "mean_and_variance", min_ndim=0)
+    if x.dtype == mx.complex64:
+        raise TypeError(
+            "[mean_and_variance] 'x' must be a real array (bool, integer or floating) but got"
+            " complex64: take x.real or mx.abs(x) first."
+        )
     return _read(_moments(x))
 
 
@@ -79,7 +85,8 @@ def _moments(x: mx.array) -> mx.array:
 
     The mean is ``shift + residual``: :func:`_read` adds them in float64.
     """
-    values = x.astype(mx.float32).reshape(-1)
+    # float32 on every backend (Metal has no float64); float64 input stays float64.
+    values = x.astype(mx.float64 if x.dtype == mx.float64 else mx.float32).reshape(-1)
     count = values.size
     shift = _blocked_sum(values) / count
     deviations = values - shift

@@ -83,3 +83,13 @@ def test_a_numpy_array_is_refused_with_the_conversion():
         r" Convert it with mx\.array\(x\)\.",
     ):
         mean_and_variance(np.zeros(3))
+
+
+def test_complex_is_refused_and_float64_is_computed_in_float64():
+    with pytest.raises(TypeError, match=r"'x' must be a real array .* but got complex64"):
+        mean_and_variance(mx.array([1 + 2j, 3 - 1j]))
+    # 1 + 1e-12 and 1 - 1e-12 are the same number in float32.
+    x = mx.array(np.tile([1 + 1e-12, 1 - 1e-12], 500), dtype=mx.float64)
+    mean, variance = mean_and_variance(x)
+    assert mean == pytest.approx(1.0, abs=1e-15)
+    assert variance == pytest.approx(1e-24, rel=1e-6)
