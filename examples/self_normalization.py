@@ -12,7 +12,7 @@ Without dropout SELU holds mean 0 / variance 1; inverted dropout (Dropout2d) shi
 mean and inflates the variance, and the error compounds with depth; the alpha-dropout
 variants keep the fixed point.
 
-    python examples/self_normalization.py              # the figure goes to out/ (about 15 s)
+    python examples/self_normalization.py              # the figure goes to out/
     python examples/self_normalization.py --plot examples/self_normalization.png   # README's figure
 """
 

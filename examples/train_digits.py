@@ -12,7 +12,7 @@ draws fresh dropout masks. One line per epoch; the last line is ``test accuracy:
 With ``--checkpoint-dir DIR`` it writes a checkpoint after every epoch and ``--resume``
 continues from it, bit for bit, after a kill (see ``_checkpoint.py``).
 
-    python examples/train_digits.py                        # defaults: about 40 s on 2 CPU cores
+    python examples/train_digits.py                        # the defaults
     python examples/train_digits.py --dropout dropout2d    # compare with mlx.nn.Dropout2d
     python examples/train_digits.py --checkpoint-dir out/digits --resume   # survives a kill
 """
