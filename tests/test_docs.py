@@ -9,7 +9,6 @@
   ids) or to a ``::: name`` line, which mkdocstrings renders as an entry with the id ``name``.
 - docs/api.md has a ``::: name`` line for every public name, each naming a real object.
 - Where MkDocs is installed, ``mkdocs build --strict`` builds the site without a warning.
-- README.md puts the quickstart before any measured figure.
 """
 
 from __future__ import annotations
@@ -244,8 +243,3 @@ def test_the_site_builds_without_warnings(tmp_path):
     for leftover in (":math:", ":func:", ":class:", ":mod:", ".. math::"):
         assert leftover not in api, f"{leftover} left in the built reference"
     assert 'class="arithmatex"' in api
-
-
-def test_readme_puts_the_quickstart_before_the_figures():
-    text = (ROOT / "README.md").read_text()
-    assert text.index("## Quickstart") < text.index("measured on")
