@@ -356,14 +356,16 @@ def _rules_table(chosen: list[Result], family: str) -> list[str]:
         "",
         f"Accuracy / NLL / ECE, mean over seeds, under the identity, `a*q*x`"
         f' (`set_eval_rule(model, "mean")`) and the mean of {MC_PASSES} training-mode passes;'
-        f" paired differences of `a*q*x` and MC-{MC_PASSES} against the identity (same nets),"
+        f" paired differences of `a*q*x` and MC-{MC_PASSES} against the identity and of"
+        f" MC-{MC_PASSES} against `a*q*x` (same nets),"
         f" and of {alpha} under `a*q*x` against {inverted} (eval mode). For {inverted},"
         " `a*q*x` is the identity: inverted dropout's training-mode mean is `x`.",
         "",
         "| dataset | n train | depth | Adam | placement | p | identity | `a*q*x` | MC"
-        " | NLL: `a*q*x` - identity | NLL: MC - identity | ECE: `a*q*x` - identity"
+        " | NLL: `a*q*x` - identity | NLL: MC - identity | NLL: MC - `a*q*x`"
+        " | ECE: `a*q*x` - identity"
         " | acc: `a*q*x` - identity | acc: AD `a*q*x` - D | NLL: AD `a*q*x` - D |",
-        "|---|---:|---:|---|---|---:|---|---|---|---|---|---|---|---|---|",
+        "|---|---:|---:|---|---|---:|---|---|---|---|---|---|---|---|---|---|",
     ]
     for cell in _cells(chosen, family):
         runs = _arm_runs(chosen, family, cell)
@@ -374,9 +376,11 @@ def _rules_table(chosen: list[Result], family: str) -> list[str]:
             ]
             dataset, size, depth, corrected = cell
 
-            def against_identity(rule: str, name: str, runs: list[Result] = a) -> str:
+            def against_identity(
+                rule: str, name: str, runs: list[Result] = a, base: str = "identity"
+            ) -> str:
                 interval = paired_interval(
-                    metric(rule, name)(r) - metric("identity", name)(r) for r in runs
+                    metric(rule, name)(r) - metric(base, name)(r) for r in runs
                 )
                 return f"{_interval(interval)} {verdict(interval, name)}"
 
@@ -392,6 +396,7 @@ def _rules_table(chosen: list[Result], family: str) -> list[str]:
                 f"| {dataset} | {size} | {depth} | {_adam(corrected)}"
                 f" | {PLACEMENT_LABELS[placement]} | {p:g} | {' | '.join(by_rule)}"
                 f" | {against_identity('mean', 'nll')} | {against_identity('mc', 'nll')}"
+                f" | {against_identity('mc', 'nll', base='mean')}"
                 f" | {against_identity('mean', 'ece')} | {against_identity('mean', 'accuracy')}"
                 f" | {against_inverted('accuracy')} | {against_inverted('nll')} |"
             )
