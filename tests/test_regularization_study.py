@@ -190,7 +190,6 @@ _RUN_ONLY = {"lr", "chosen", "epochs", "seconds", "train_accuracy"} | {
 }
 
 
-@pytest.mark.skipif(not (RESULTS / "results.json").exists(), reason="no committed results")
 def test_committed_results_come_back_byte_for_byte(study, tmp_path):
     committed = study.report.read_study(RESULTS)
     assert study.report.tables(committed).encode() == (RESULTS / "tables.md").read_bytes()
