@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -25,7 +25,7 @@ from lucid_mlx import feature_alpha_dropout
 
 # A private module on purpose: the study needs the exact 16-bit p and the coefficients the
 # layers use, and the package exposes them nowhere else.
-from lucid_mlx._math import SELU_SATURATION, alpha_dropout_coefficients, realized_probability
+from lucid_mlx._math import SELU_SATURATION, mean_scale, realized_probability
 
 # ---- the protocol, fixed before the grid was run, the same for every arm -----------------
 WIDTH = 8  # channels per block
@@ -133,7 +133,7 @@ class InitResult:
 
 def mean_gain(p: float) -> float:
     """a*q: E[y | x] = a*q*x for alpha dropout at drop probability p."""
-    return alpha_dropout_coefficients(p).scale * (1.0 - p)
+    return mean_scale(p)
 
 
 def dropped_blocks(depth: int, placement: str) -> range:
@@ -278,7 +278,7 @@ def evaluate_mlx(model: DepthNet, kind: str) -> Rules:
         model.set_eval_rule(rule)
         features = model.features(x)
         probs = softmax(np.array(model.logits(features)))
-        rules[rule] = rule_metrics(probs, labels, float(mx.var(features).item()))
+        rules[rule] = rule_metrics(probs, labels, lucid_mlx.mean_and_variance(features)[1])
     model.set_eval_rule("identity")
     mc = None
     if kind != "none":
@@ -289,7 +289,7 @@ def evaluate_mlx(model: DepthNet, kind: str) -> Rules:
             features = model.features(x)
             probs += softmax(np.array(model.logits(features)))
         # The variance is that of the last of these training-mode passes.
-        mc = rule_metrics(probs / MC_PASSES, labels, float(mx.var(features).item()))
+        mc = rule_metrics(probs / MC_PASSES, labels, lucid_mlx.mean_and_variance(features)[1])
         model.eval()
     return rules["identity"], rules.get("mean"), mc
 
@@ -379,6 +379,11 @@ def init_share(job: InitJob) -> InitResult:
 # ---- PyTorch -----------------------------------------------------------------------------
 
 
+def _variance(tensor: Any) -> float:
+    """A torch tensor's variance through the same helper as every other statistic."""
+    return lucid_mlx.mean_and_variance(mx.array(tensor.numpy()))[1]
+
+
 def train_torch(job: TrainJob) -> RunResult:
     """The same run in PyTorch: torch's own dropout layers, MLX's initial weights and Adam."""
     import torch
@@ -446,7 +451,7 @@ def train_torch(job: TrainJob) -> RunResult:
                 f = gain * block(f, i)
             outputs["mean"] = f
         rules = {
-            rule: rule_metrics(softmax(head(f).numpy()), y_test, float(f.var(unbiased=False)))
+            rule: rule_metrics(softmax(head(f).numpy()), y_test, _variance(f))
             for rule, f in outputs.items()
         }
         mc = None
@@ -454,7 +459,7 @@ def train_torch(job: TrainJob) -> RunResult:
             mode(True)
             torch.manual_seed(EVAL_SEED)
             probs = sum(softmax(head(features(x_test)).numpy()) for _ in range(MC_PASSES))
-            variance = float(features(x_test).var(unbiased=False))  # one more training pass
+            variance = _variance(features(x_test))  # one more training pass
             mc = rule_metrics(probs / MC_PASSES, y_test, variance)
     parameters = [w.detach().numpy().copy() for w in params] if job.keep_parameters else None
     return RunResult(
