@@ -19,6 +19,7 @@ from lucid_mlx._math import (
     alpha_dropout_coefficients,
     drop_threshold,
     mean_scale,
+    realized_probability,
 )
 from lucid_mlx._validation import (
     check_bool,
@@ -201,7 +202,7 @@ def _alpha_dropout(
 
 def _scaled(x: mx.array, p: float) -> mx.array:
     """``a q x`` in the compute dtype, rounded once to ``x``'s: the ``"mean"`` eval rule."""
-    realized = p if p == 1.0 else drop_threshold(p) / MASK_LEVELS
+    realized = p if p == 1.0 else realized_probability(p)
     compute = _compute_dtype(x.dtype)
     return (x.astype(compute) * mx.array(mean_scale(realized), compute)).astype(x.dtype)
 
